@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Creates .venv with python3 >= 3.11 and installs requirements-dev.txt into it, again only
+# when a requirements file (or the interpreter) changed since the last successful install.
+# Knobs: PYTHON=/path/to/python3 picks the interpreter.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+VENV=$REPO/.venv
+STAMP=$VENV/.pw-requirements.sha256
+
+py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
+
+find_python() {
+  local c p
+  for c in ${PYTHON:-} python3.13 python3.12 python3.11 python3; do
+    p=$(command -v "$c" 2>/dev/null) || continue
+    py_ok "$p" && { echo "$p"; return 0; }
+  done
+  return 1
+}
+
+# pip_wheel: path of a pip wheel to bootstrap a venv whose python lacks ensurepip.
+pip_wheel() {
+  local w
+  w=$(ls /usr/share/python-wheels/pip-*.whl "$TOOLS_ROOT"/usr/share/python-wheels/pip-*.whl \
+    2>/dev/null | head -n 1) && [[ -n $w ]] && { echo "$w"; return 0; }
+  tools_unpack python3-pip-whl >&2
+  w=$(ls "$TOOLS_ROOT"/usr/share/python-wheels/pip-*.whl 2>/dev/null | head -n 1)
+  [[ -n $w ]] || die "no pip wheel in python3-pip-whl"
+  echo "$w"
+}
+
+create_venv() {
+  local py=$1 ver mode whl
+  rm -rf "$VENV"
+  if run_quiet "$py -m venv .venv" "$py" -m venv "$VENV" 2>/dev/null; then return 0; fi
+  # Debian/Ubuntu ship venv's ensurepip separately (python3.X-venv).
+  ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  "$py" -c 'import ensurepip' >/dev/null 2>&1 && {
+    run_quiet "$py -m venv .venv" "$py" -m venv "$VENV"
+    return
+  }
+  mode=$(install_mode)
+  if [[ $mode != tools ]]; then
+    apt_install "python$ver-venv"
+    rm -rf "$VENV"
+    run_quiet "$py -m venv .venv" "$py" -m venv "$VENV"
+    return
+  fi
+  note "no ensurepip and no root: bootstrapping pip from Debian's pip wheel"
+  rm -rf "$VENV"
+  run_quiet "$py -m venv --without-pip .venv" "$py" -m venv --without-pip "$VENV"
+  whl=$(pip_wheel)
+  run_quiet "pip bootstrap" "$VENV/bin/python" "$whl/pip" install -q --no-index "$whl"
+}
+
+req_hash() {
+  {
+    "$VENV/bin/python" -c 'import sys; print(sys.version)'
+    cat "$REPO"/requirements*.txt
+  } | sha256sum | cut -d' ' -f1
+}
+
+main() {
+  local py want
+  py=$(find_python) || die "need python3 >= 3.11 (found: $(python3 --version 2>&1 || echo none)); set PYTHON=/path/to/python3.11"
+  if ! { [[ -x $VENV/bin/python ]] && py_ok "$VENV/bin/python" && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }; then
+    [[ -e $VENV ]] && note "recreating broken or outdated .venv"
+    create_venv "$py"
+  fi
+  [[ -f $REPO/requirements-dev.txt ]] || die "requirements-dev.txt not found in $REPO"
+  want=$(req_hash)
+  [[ -f $STAMP && $(cat "$STAMP") == "$want" ]] && return 0
+  note "pip install -r requirements-dev.txt (into .venv)"
+  (cd "$REPO" && run_quiet "pip install -r requirements-dev.txt" \
+    "$VENV/bin/python" -m pip install -q -r requirements-dev.txt)
+  echo "$want" >"$STAMP"
+}
+
+with_lock venv main
