@@ -94,11 +94,13 @@ DECLARE
         'INSERT INTO payments.transactions (id, user_id, amount, currency, description) '
         'VALUES (%L, %L, %s, %L, %L) ON CONFLICT (id) DO NOTHING',
         p_id, p_user_id, p_amount, p_currency, p_description);
+    v_conn text := payments.loopback_connection();
 BEGIN
-    PERFORM dblink_exec(payments.loopback_connection(), v_sql);
-EXCEPTION WHEN sqlclient_unable_to_establish_sqlconnection OR connection_exception THEN
-    -- A loopback session that died since it was opened: reconnect once.
-    PERFORM dblink_disconnect('payment_worker_loopback');
+    PERFORM dblink_exec(v_conn, v_sql);
+EXCEPTION WHEN connection_exception THEN
+    -- The session's loopback connection died since it was opened (its
+    -- backend was terminated, say): open a new one and try once more.
+    PERFORM dblink_disconnect(v_conn);
     PERFORM dblink_exec(payments.loopback_connection(), v_sql);
 END
 $$;

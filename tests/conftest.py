@@ -1,0 +1,55 @@
+"""Fixtures shared by every kind of test: a real PostgreSQL with the schema
+deployed by real sqitch (once, into a template database that each test clones)
+and the Stripe stand-in in a subprocess."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+
+import psycopg
+import pytest
+from pytest_postgresql import factories
+
+from stripe_standin.process import StandinProcess
+from tests import pg
+
+# Money in JSON comes back as Decimal, never float, in every test.
+psycopg.types.json.set_json_loads(lambda text: json.loads(text, parse_float=Decimal))
+
+pw_server = factories.postgresql_noproc(
+    host=pg.HOST,
+    port=pg.PORT,
+    user=pg.USER,
+    password=pg.PASSWORD,
+    dbname="payment_worker_test",
+    load=[pg.deploy_schema],
+)
+pw_database = factories.postgresql("pw_server")
+
+
+@pytest.fixture
+def database_url(pw_database: psycopg.Connection) -> str:
+    """URL of a fresh database, cloned from the deployed template, for this test alone."""
+    return pg.url(pw_database.info.dbname)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to this test's database, as the admin user."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="session")
+def standin_process() -> Iterator[StandinProcess]:
+    with StandinProcess(quiet=True) as process:
+        yield process
+
+
+@pytest.fixture
+def standin(standin_process: StandinProcess) -> StandinProcess:
+    """The stand-in, emptied of intents, scripts and faults from earlier tests."""
+    standin_process.admin.reset()
+    return standin_process

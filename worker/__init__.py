@@ -1,0 +1,1 @@
+"""payment-worker: turns payments recorded in PostgreSQL into Stripe PaymentIntents."""

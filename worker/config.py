@@ -1,0 +1,146 @@
+"""Worker settings, read and validated from the environment once at start."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import psycopg.conninfo
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it but never its secret value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str = field(repr=False)
+    stripe_api_key: str = field(repr=False)
+    stripe_api_base: str | None
+    payment_currency: str
+    db_min_conns: int
+    db_max_conns: int
+    concurrency: int
+    poll_interval: float
+    stripe_connect_timeout: float
+    stripe_read_timeout: float
+    log_level: str
+    worker_id: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        db_min = env_int(env, "DB_MIN_CONNS", 1, minimum=1)
+        db_max = env_int(env, "DB_MAX_CONNS", 4, minimum=1)
+        if db_min > db_max:
+            raise ConfigError(f"DB_MIN_CONNS ({db_min}) must not exceed DB_MAX_CONNS ({db_max})")
+        return cls(
+            database_url=_database_url(env),
+            stripe_api_key=_stripe_api_key(env),
+            stripe_api_base=_stripe_api_base(env),
+            payment_currency=_currency(env),
+            db_min_conns=db_min,
+            db_max_conns=db_max,
+            concurrency=env_int(env, "WORKER_CONCURRENCY", 10, minimum=1, maximum=1000),
+            poll_interval=_float(env, "WORKER_POLL_INTERVAL", 1.0, minimum=0.05, maximum=60),
+            stripe_connect_timeout=_float(
+                env, "STRIPE_CONNECT_TIMEOUT", 5.0, minimum=0.1, maximum=60
+            ),
+            stripe_read_timeout=_float(env, "STRIPE_READ_TIMEOUT", 30.0, minimum=0.1, maximum=80),
+            log_level=_log_level(env),
+            worker_id=env.get("WORKER_ID") or _default_worker_id(env),
+        )
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required")
+    return value
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    url = _required(env, "DATABASE_URL")
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        # psycopg's message may quote the string, password included.
+        raise ConfigError(
+            "DATABASE_URL is not a valid PostgreSQL connection string "
+            "(expected postgresql://user[:password]@host[:port]/dbname)"
+        ) from None
+    return url
+
+
+def _stripe_api_key(env: Mapping[str, str]) -> str:
+    key = _required(env, "STRIPE_API_KEY")
+    if not re.fullmatch(r"(sk|rk)_(test|live)_[A-Za-z0-9_]+", key):
+        raise ConfigError(
+            "STRIPE_API_KEY must be a Stripe secret or restricted key (sk_test_…, sk_live_…, rk_…)"
+        )
+    return key
+
+
+def _stripe_api_base(env: Mapping[str, str]) -> str | None:
+    base = env.get("STRIPE_API_BASE", "").strip()
+    if not base:
+        return None
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.username:
+        raise ConfigError(
+            f"STRIPE_API_BASE must be an http(s) URL without credentials, got {base!r}"
+        )
+    return base.rstrip("/")
+
+
+def _currency(env: Mapping[str, str]) -> str:
+    currency = env.get("PAYMENT_CURRENCY", "USD").strip().upper()
+    if not re.fullmatch(r"[A-Z]{3}", currency):
+        raise ConfigError(f"PAYMENT_CURRENCY must be a 3-letter ISO code, got {currency!r}")
+    return currency
+
+
+def env_int(
+    env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int = 10_000
+) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _float(
+    env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float
+) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum} seconds, got {value}")
+    return value
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = env.get("LOG_LEVEL", "INFO").strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    return level
+
+
+def _default_worker_id(env: Mapping[str, str]) -> str:
+    name = env.get("SUPERVISOR_PROCESS_NAME") or "worker"
+    return f"{socket.gethostname()}:{name}:{os.getpid()}"

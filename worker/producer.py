@@ -1,0 +1,93 @@
+"""Claims available jobs and hands them to a pool of threads, River's producer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from worker.executor import JobExecutor
+from worker.models import Job
+from worker.store import Store
+
+log = logging.getLogger("worker.producer")
+
+
+class Producer:
+    """Claims when woken (a NOTIFY, a finished job) or every `poll_interval` as a catch-up."""
+
+    def __init__(
+        self,
+        store: Store,
+        executor: JobExecutor,
+        *,
+        queue: str,
+        worker_id: str,
+        concurrency: int,
+        poll_interval: float,
+        wake: threading.Event,
+        stop: threading.Event,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self._store = store
+        self._executor = executor
+        self._queue = queue
+        self._worker_id = worker_id
+        self._concurrency = concurrency
+        self._poll_interval = poll_interval
+        self._wake = wake
+        self._stop = stop
+        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+
+    def run(self) -> None:
+        """Until `stop`: wait to be woken, claim. Then finish the jobs in hand."""
+        while not self._stop.is_set():
+            self._wake.wait(self._poll_interval)
+            # Cleared before claiming: a NOTIFY that lands during the claim
+            # sets it again and earns another claim, so none is lost.
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("claiming jobs failed; retrying at the next wake-up")
+                self._stop.wait(self._poll_interval)
+        self.drain()
+        self._threads.shutdown(wait=True)
+
+    def run_once(self) -> int:
+        """Claims as many jobs as there are free slots and starts them; returns how many."""
+        with self._lock:
+            free = self._concurrency - self._in_flight
+        if free <= 0:
+            return 0
+        jobs = self._store.job_get_available(self._queue, free, self._worker_id)
+        for job in jobs:
+            with self._lock:
+                self._in_flight += 1
+            self._threads.submit(self._execute, job)
+        return len(jobs)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Waits until no job is in flight; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def _execute(self, job: Job) -> None:
+        try:
+            self._executor.execute(job)
+        except Exception:
+            log.exception("job outcome could not be recorded", extra={"job_id": job.id})
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+            # A slot is free: claim again in case jobs are waiting.
+            self._wake.set()

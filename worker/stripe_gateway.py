@@ -1,0 +1,104 @@
+"""The only module that talks to Stripe, through the official SDK."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import stripe
+from stripe.params import PaymentIntentCreateParams
+
+from worker.models import Payment, PaymentIntent
+
+# Errors Stripe will answer the same way however often we ask: the payment
+# fails at once. Everything else (connection, timeout, 5xx, 409, 429) is
+# worth another attempt with the same idempotency key.
+_PERMANENT = (
+    stripe.CardError,
+    stripe.InvalidRequestError,
+    stripe.AuthenticationError,
+    stripe.PermissionError,
+    stripe.IdempotencyError,
+)
+
+
+class StripeFailure(Exception):
+    """A failed Stripe call; `message` is Stripe's own words (never a secret)."""
+
+    def __init__(self, message: str, *, permanent: bool, kind: str, request_id: str | None):
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        self.kind = kind
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class StripeSettings:
+    api_key: str
+    api_base: str | None
+    connect_timeout: float
+    read_timeout: float
+
+
+def idempotency_key(payment: Payment) -> str:
+    """One key per payment for every attempt: Stripe replays instead of creating twice."""
+    return f"payment-worker:create_payment_intent:{payment.id}"
+
+
+class StripeGateway:
+    def __init__(self, settings: StripeSettings) -> None:
+        self._client = stripe.StripeClient(
+            settings.api_key,
+            base_addresses={"api": settings.api_base} if settings.api_base else {},
+            http_client=stripe.RequestsClient(
+                timeout=(settings.connect_timeout, settings.read_timeout)
+            ),
+            # Retries belong to the job queue, which records each attempt.
+            max_network_retries=0,
+        )
+        self.last_duration = 0.0
+
+    def create_payment_intent(self, payment: Payment) -> PaymentIntent:
+        params: PaymentIntentCreateParams = {
+            "amount": payment.amount,
+            "currency": payment.currency.lower(),
+            "metadata": {"payment_id": str(payment.id)},
+        }
+        if payment.description is not None:
+            params["description"] = payment.description
+        started = time.perf_counter()
+        try:
+            intent = self._client.v1.payment_intents.create(
+                params, {"idempotency_key": idempotency_key(payment)}
+            )
+        except stripe.StripeError as exc:
+            raise _failure(exc) from exc
+        finally:
+            self.last_duration = time.perf_counter() - started
+        if intent.client_secret is None:
+            raise StripeFailure(
+                "Stripe returned a PaymentIntent without client_secret",
+                permanent=False,
+                kind="api_error",
+                request_id=intent.last_response.request_id if intent.last_response else None,
+            )
+        return PaymentIntent(
+            payment_id=payment.id,
+            provider_payment_id=intent.id,
+            client_secret=intent.client_secret,
+            request_id=intent.last_response.request_id if intent.last_response else None,
+        )
+
+
+def _failure(exc: stripe.StripeError) -> StripeFailure:
+    permanent = isinstance(exc, _PERMANENT)
+    should_retry = (exc.headers or {}).get("stripe-should-retry")
+    if should_retry == "false":
+        permanent = True
+    elif should_retry == "true":
+        permanent = False
+    message = exc.user_message or type(exc).__name__
+    return StripeFailure(
+        message, permanent=permanent, kind=type(exc).__name__, request_id=exc.request_id
+    )
