@@ -1,0 +1,81 @@
+"""Worker settings: defaults, validation, and secrets kept out of messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.config import Config, ConfigError
+
+BASE = {
+    "DATABASE_URL": "postgresql://worker:pa55word@db.internal:5432/app",
+    "STRIPE_API_KEY": "sk_test_51Habcdefghijklmnop",
+}
+
+
+def test_defaults() -> None:
+    config = Config.from_env(BASE)
+    assert config.payment_currency == "USD"
+    assert (config.db_min_conns, config.db_max_conns) == (1, 4)
+    assert config.stripe_api_base is None
+    assert config.concurrency == 10
+    assert config.stripe_read_timeout == 30.0
+    assert config.stripe_connect_timeout == 5.0
+
+
+def test_values_are_read() -> None:
+    config = Config.from_env(
+        {
+            **BASE,
+            "PAYMENT_CURRENCY": "eur",
+            "DB_MIN_CONNS": "2",
+            "DB_MAX_CONNS": "8",
+            "STRIPE_API_BASE": "http://127.0.0.1:12111/",
+            "WORKER_CONCURRENCY": "3",
+        }
+    )
+    assert config.payment_currency == "EUR"
+    assert (config.db_min_conns, config.db_max_conns) == (2, 8)
+    assert config.stripe_api_base == "http://127.0.0.1:12111"
+    assert config.concurrency == 3
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"DATABASE_URL": ""}, "DATABASE_URL is required"),
+        ({"STRIPE_API_KEY": ""}, "STRIPE_API_KEY is required"),
+        ({"STRIPE_API_KEY": "pk_test_abc"}, "STRIPE_API_KEY must be a Stripe secret"),
+        ({"DB_MAX_CONNS": "abc"}, "DB_MAX_CONNS must be a whole number, got 'abc'"),
+        ({"DB_MAX_CONNS": "0"}, "DB_MAX_CONNS must be between 1 and"),
+        ({"DB_MIN_CONNS": "5"}, "DB_MIN_CONNS (5) must not exceed DB_MAX_CONNS (4)"),
+        ({"PAYMENT_CURRENCY": "dollars"}, "PAYMENT_CURRENCY must be a 3-letter ISO code"),
+        ({"STRIPE_API_BASE": "ftp://x"}, "STRIPE_API_BASE must be an http(s) URL"),
+        ({"STRIPE_READ_TIMEOUT": "soon"}, "STRIPE_READ_TIMEOUT must be a number of seconds"),
+        ({"STRIPE_READ_TIMEOUT": "500"}, "STRIPE_READ_TIMEOUT must be between"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
+    ],
+)
+def test_bad_values_are_named(changes: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Config.from_env({**BASE, **changes})
+    assert message in str(err.value)
+
+
+def test_bad_database_url_does_not_echo_it() -> None:
+    with pytest.raises(ConfigError) as err:
+        Config.from_env({**BASE, "DATABASE_URL": "host=x password=hunter2 ==="})
+    assert "hunter2" not in str(err.value)
+    assert "DATABASE_URL is not a valid PostgreSQL connection string" in str(err.value)
+
+
+def test_bad_stripe_key_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as err:
+        Config.from_env({**BASE, "STRIPE_API_KEY": "sk_prod_verysecret"})
+    assert "verysecret" not in str(err.value)
+
+
+def test_repr_hides_secrets() -> None:
+    text = repr(Config.from_env(BASE))
+    assert "pa55word" not in text
+    assert "sk_test_51H" not in text
+    assert "payment_currency='USD'" in text

@@ -1,0 +1,51 @@
+"""JSON log lines, with secrets scrubbed."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from worker import logs
+
+
+def test_redact_known_secret_shapes() -> None:
+    text = (
+        "key sk_test_51Habc123 rk_live_xyz secret pi_3Nabc_secret_XYZ123 "
+        "url postgresql://app:hunter2@db:5432/x dsn host=db password=hunter3 user=app"
+    )
+    clean = logs.redact(text)
+    secrets = ("sk_test_51Habc123", "rk_live_xyz", "pi_3Nabc_secret_XYZ123", "hunter2", "hunter3")
+    for secret in secrets:
+        assert secret not in clean
+    assert "postgresql://[redacted]@db:5432/x" in clean
+
+
+def test_redact_listed_values() -> None:
+    clean = logs.redact("the password is plain-words", ["plain-words"])
+    assert clean == "the password is [redacted]"
+
+
+def test_one_json_object_per_line_with_stable_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("INFO", secrets=["s3cret-value"])
+    try:
+        logging.getLogger("worker.test").info(
+            "job done with s3cret-value", extra={"job_id": 7, "payment_id": "p", "attempt": 1}
+        )
+        try:
+            raise RuntimeError("boom sk_test_abcdef")
+        except RuntimeError:
+            logging.getLogger("worker.test").exception("failed")
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert {"ts", "level", "logger", "msg", "pid", "process_name"} <= set(first)
+    assert first["level"] == "INFO"
+    assert first["logger"] == "worker.test"
+    assert first["msg"] == "job done with [redacted]"
+    assert (first["job_id"], first["payment_id"], first["attempt"]) == (7, "p", 1)
+    assert "sk_test_abcdef" not in lines[1]
+    assert "RuntimeError" in second["exc_info"]

@@ -1,0 +1,48 @@
+"""How Stripe's errors are sorted into retry-worthy and final."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import pytest
+import stripe
+
+from worker.models import Payment
+from worker.stripe_gateway import _failure, idempotency_key
+
+
+@pytest.mark.parametrize(
+    ("error", "permanent"),
+    [
+        (stripe.CardError("Your card was declined.", None, "card_declined"), True),
+        (stripe.InvalidRequestError("Amount must be at least 50", "amount"), True),
+        (stripe.AuthenticationError("Invalid API Key provided"), True),
+        (stripe.PermissionError("not allowed"), True),
+        (stripe.IdempotencyError("Keys for idempotent requests"), True),
+        (stripe.APIConnectionError("connection reset"), False),
+        (stripe.RateLimitError("Too many requests"), False),
+        (stripe.APIError("internal error", http_status=500), False),
+        (stripe.APIError("lock timeout", http_status=409), False),
+    ],
+)
+def test_classification(error: stripe.StripeError, permanent: bool) -> None:
+    failure = _failure(error)
+    assert failure.permanent is permanent
+    assert failure.message == error.user_message
+    assert failure.kind == type(error).__name__
+
+
+def test_stripe_should_retry_header_wins() -> None:
+    retry = stripe.InvalidRequestError("busy", None, headers={"stripe-should-retry": "true"})
+    assert _failure(retry).permanent is False
+    final = stripe.APIError("no", http_status=500, headers={"stripe-should-retry": "false"})
+    assert _failure(final).permanent is True
+
+
+def test_idempotency_key_is_stable_per_payment() -> None:
+    payment = Payment(UUID(int=1), 2500, "USD", None, "pending_intent", None)
+    again = Payment(UUID(int=1), 2500, "USD", "other", "pending_intent", None)
+    other = Payment(UUID(int=2), 2500, "USD", None, "pending_intent", None)
+    assert idempotency_key(payment) == idempotency_key(again)
+    assert idempotency_key(payment) != idempotency_key(other)
+    assert str(payment.id) in idempotency_key(payment)
