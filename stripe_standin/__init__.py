@@ -1,0 +1,11 @@
+"""Local HTTP stand-in for the Stripe PaymentIntents API, with fault injection.
+
+Run it with ``python -m stripe_standin --help``. Tests start it with
+:class:`stripe_standin.process.StandinProcess` and inspect it with
+:class:`stripe_standin.client.StandinAdmin`.
+"""
+
+from stripe_standin.client import StandinAdmin, StandinAdminError
+from stripe_standin.process import StandinProcess, StandinStartError
+
+__all__ = ["StandinAdmin", "StandinAdminError", "StandinProcess", "StandinStartError"]

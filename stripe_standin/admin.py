@@ -1,0 +1,126 @@
+"""Test/admin endpoints under ``/_standin/`` (no API key, never faulted).
+
+=======  ===========================  ==========================================================
+GET      /_standin/health             ``{"ok": true}``
+GET      /_standin/stats              request, response, fault and idempotency counters
+GET      /_standin/payment_intents    every stored intent with the idempotency key that made it
+GET      /_standin/config             fault settings in force and the seed
+POST     /_standin/config             change some of latency_ms, drop, fail_5xx, fail_429,
+                                      lose_response, seed; answers the new settings
+GET      /_standin/script             ``{"pending": n}``
+POST     /_standin/script             ``{"responses": [...], "append"?: bool}``: answers for the
+                                      next create requests, in order
+POST     /_standin/reset              forget everything, restore start-up settings
+=======  ===========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from stripe_standin.app import Request, Response, StandinApp, json_body
+from stripe_standin.faults import ConfigError, parse_script_entry
+
+PREFIX = "/_standin/"
+
+
+class Admin:
+    """Serves the admin endpoints of one :class:`StandinApp`."""
+
+    def __init__(self, app: StandinApp) -> None:
+        self.app = app
+
+    def handle(self, request: Request) -> Response:
+        """Answer one ``/_standin/...`` request."""
+        name = request.path[len(PREFIX) :].rstrip("/")
+        routes = {
+            ("GET", "health"): self._health,
+            ("GET", "stats"): self._stats,
+            ("GET", "payment_intents"): self._payment_intents,
+            ("GET", "config"): self._config,
+            ("POST", "config"): self._set_config,
+            ("GET", "script"): self._script_status,
+            ("POST", "script"): self._set_script,
+            ("POST", "reset"): self._reset,
+        }
+        handler = routes.get((request.method, name))
+        if handler is None:
+            known = sorted({path for _, path in routes})
+            if name in known:
+                return _failure(405, f"{request.method} is not allowed on {request.path}")
+            return _failure(404, f"no admin endpoint {request.path}; known: {', '.join(known)}")
+        try:
+            return _ok(handler(request))
+        except ConfigError as exc:
+            return _failure(400, str(exc))
+
+    def _health(self, _request: Request) -> dict[str, Any]:
+        return {"ok": True}
+
+    def _stats(self, _request: Request) -> dict[str, Any]:
+        app = self.app
+        return app.stats.snapshot(
+            payment_intents=len(app.intents),
+            idempotency_keys=len(app.idempotency),
+            idempotency_keys_in_flight=app.idempotency.in_flight(),
+            script_pending=app.script.pending(),
+        )
+
+    def _payment_intents(self, _request: Request) -> dict[str, Any]:
+        data = [
+            {
+                "idempotency_key": entry.idempotency_key,
+                "request_id": entry.request_id,
+                "payment_intent": entry.intent,
+            }
+            for entry in self.app.intents.all()
+        ]
+        return {"object": "list", "count": len(data), "data": data}
+
+    def _config(self, _request: Request) -> dict[str, Any]:
+        return {**self.app.faults.settings.as_dict(), "seed": self.app.faults.seed}
+
+    def _set_config(self, request: Request) -> dict[str, Any]:
+        changes = _json_object(request)
+        self.app.faults.update(changes)
+        return self._config(request)
+
+    def _script_status(self, _request: Request) -> dict[str, Any]:
+        return {"pending": self.app.script.pending()}
+
+    def _set_script(self, request: Request) -> dict[str, Any]:
+        payload = _json_object(request)
+        unknown = set(payload) - {"responses", "append"}
+        if unknown:
+            raise ConfigError(f"unknown key(s): {', '.join(sorted(unknown))}")
+        responses = payload.get("responses")
+        if not isinstance(responses, list):
+            raise ConfigError('expected {"responses": [...]}')
+        append = payload.get("append", False)
+        if not isinstance(append, bool):
+            raise ConfigError("append must be true or false")
+        entries = [parse_script_entry(item) for item in responses]
+        return {"pending": self.app.script.load(entries, append=append)}
+
+    def _reset(self, _request: Request) -> dict[str, Any]:
+        self.app.reset()
+        return {"ok": True}
+
+
+def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        payload = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ConfigError("body must be a JSON object")
+    return payload
+
+
+def _ok(data: dict[str, Any]) -> Response:
+    return Response(200, json_body(data))
+
+
+def _failure(status: int, message: str) -> Response:
+    return Response(status, json_body({"error": {"message": message}}))

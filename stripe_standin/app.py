@@ -1,0 +1,314 @@
+"""The Stripe API emulation, independent of HTTP plumbing: a request in, a reply (or hang-up) out.
+
+Order of work for one API request:
+
+1. count it, draw a fault; ``drop`` hangs up before anything else;
+2. authenticate (401 like Stripe);
+3. injected ``fail_5xx`` / ``fail_429`` answer an error (nothing stored);
+4. route: create (idempotency claim, latency while the key is held, script, validation,
+   creation, result saved against the key) or retrieve (latency, lookup);
+5. ``lose_response``: the work is done and saved, then the connection is closed unanswered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stripe_standin import errors, stats
+from stripe_standin.config import StandinConfig
+from stripe_standin.errors import StripeError
+from stripe_standin.faults import Fault, FaultInjector, Script
+from stripe_standin.intents import build_payment_intent, new_request_id
+from stripe_standin.params import decode_form, fingerprint
+from stripe_standin.stats import Stats
+from stripe_standin.store import Decision, IdempotencyStore, IntentStore, StoredResponse
+from stripe_standin.validation import validate_create
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+_RETRIEVE_PATH = re.compile(r"^/v1/payment_intents/([^/]+)$")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request as the app sees it; header names are lower-case."""
+
+    method: str
+    path: str
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class Response:
+    """An answer to send; ``note`` only goes to the log line."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Hangup:
+    """Close the connection without answering (a dropped or lost response)."""
+
+    note: str
+
+
+Reply = Response | Hangup
+
+
+def json_body(data: Any) -> bytes:
+    """Pretty-printed JSON, as Stripe sends it."""
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def classify(method: str, path: str) -> tuple[str, str | None]:
+    """Route kind for stats and dispatch, plus the intent id for retrievals."""
+    if path == "/v1/payment_intents" and method == "POST":
+        return stats.CREATE, None
+    match = _RETRIEVE_PATH.match(path)
+    if match and method == "GET":
+        return stats.RETRIEVE, match.group(1)
+    return stats.OTHER, None
+
+
+def api_key_from(headers: Mapping[str, str]) -> str | None:
+    """The API key from ``Authorization: Bearer`` (or Basic, as curl -u sends it)."""
+    value = headers.get("authorization", "").strip()
+    scheme, _, credentials = value.partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials or None
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return credentials or None
+        return decoded.partition(":")[0] or None
+    return None
+
+
+class StandinApp:
+    """State and behaviour of one stand-in instance."""
+
+    def __init__(
+        self,
+        config: StandinConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.faults = FaultInjector(config.faults, config.seed)
+        self.script = Script()
+        self.intents = IntentStore()
+        self.idempotency = IdempotencyStore()
+        self.stats = Stats()
+        self._sleep = sleep
+        self._clock = clock
+
+    def reset(self) -> None:
+        """Forget intents, keys, counters and script; restore start-up fault settings and seed."""
+        self.script.clear()
+        self.intents.clear()
+        self.idempotency.clear()
+        self.stats.clear()
+        self.faults.reset(self.config.faults, self.config.seed)
+
+    # --- API entry point --------------------------------------------------------------------
+
+    def handle_api(self, request: Request) -> Reply:
+        """Answer one ``/v1/...`` request (counted by route and by outcome)."""
+        reply = self._handle_api(request)
+        self.stats.response(reply.status if isinstance(reply, Response) else None)
+        return reply
+
+    def _handle_api(self, request: Request) -> Reply:
+        route, intent_id = classify(request.method, request.path)
+        self.stats.request(route)
+        fault = self.faults.decide()
+        if fault is Fault.DROP:
+            self.stats.fault(Fault.DROP.value)
+            return Hangup("fault=drop")
+
+        request_id = new_request_id()
+        base_headers = self._base_headers(request, request_id)
+        latency = self.faults.settings.latency_ms / 1000.0
+
+        api_key = api_key_from(request.headers)
+        auth_error = self._check_key(api_key)
+        if auth_error is not None:
+            self.stats.event("authentication_failures")
+            self._sleep(latency)
+            return self._error(auth_error, request_id, base_headers)
+        assert api_key is not None
+
+        if fault in (Fault.FAIL_5XX, Fault.FAIL_429):
+            assert fault is not None
+            self.stats.fault(fault.value)
+            self._sleep(latency)
+            injected = errors.api_error() if fault is Fault.FAIL_5XX else errors.rate_limited()
+            return self._error(injected, request_id, base_headers, note=f"fault={fault.value}")
+
+        reply: Reply
+        if route == stats.CREATE:
+            reply = self._create(request, api_key, request_id, base_headers, latency)
+        else:
+            self._sleep(latency)
+            if route == stats.RETRIEVE:
+                assert intent_id is not None
+                reply = self._retrieve(intent_id, request_id, base_headers)
+            else:
+                error = errors.unrecognized_url(request.method, request.path)
+                reply = self._error(error, request_id, base_headers)
+
+        if fault is Fault.LOSE_RESPONSE and isinstance(reply, Response):
+            self.stats.fault(Fault.LOSE_RESPONSE.value)
+            return Hangup(f"fault=lose_response (would have answered {reply.status})")
+        return reply
+
+    # --- endpoints ---------------------------------------------------------------------------
+
+    def _create(
+        self,
+        request: Request,
+        api_key: str,
+        request_id: str,
+        headers: dict[str, str],
+        latency: float,
+    ) -> Reply:
+        try:
+            body = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            self._sleep(latency)
+            error = errors.invalid_request("Invalid request body: it is not valid UTF-8.")
+            return self._error(error, request_id, headers)
+
+        key = request.headers.get("idempotency-key")
+        scope = IdempotencyStore.scope_for(api_key)
+        if key is not None:
+            headers["Idempotency-Key"] = key
+            if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+                self._sleep(latency)
+                return self._error(errors.idempotency_key_too_long(), request_id, headers)
+            claim = self.idempotency.begin(
+                scope, key, fingerprint(request.method, request.path, body)
+            )
+            if claim.decision is not Decision.NEW:
+                self._sleep(latency)
+                return self._idempotency_answer(
+                    claim.decision, claim.response, key, request_id, headers
+                )
+
+        try:
+            return self._execute_create(
+                body, key=key, scope=scope, request_id=request_id, headers=headers, latency=latency
+            )
+        finally:
+            if key is not None:
+                self.idempotency.release(scope, key)  # no-op once a result was saved
+
+    def _execute_create(
+        self,
+        body: str,
+        *,
+        key: str | None,
+        scope: str,
+        request_id: str,
+        headers: dict[str, str],
+        latency: float,
+    ) -> Reply:
+        self._sleep(latency)  # while the key is held: concurrent duplicates get 409
+        lose = False
+        scripted = self.script.pop()
+        if scripted is not None:
+            self.stats.fault("scripted")
+            if isinstance(scripted, StripeError):
+                return self._error(scripted, request_id, headers, note="scripted")
+            if scripted.fault is Fault.DROP:
+                return Hangup("scripted drop")
+            lose = True  # scripted lose_response
+
+        try:
+            params = validate_create(decode_form(body))
+        except StripeError as error:
+            return self._error(error, request_id, headers)
+
+        intent = build_payment_intent(params, now=int(self._clock()))
+        self.intents.add(intent, key, request_id)
+        self.stats.event("payment_intents_created")
+        response = self._json(200, intent, headers, note=f"created {intent['id']}")
+        if key is not None:
+            stored = StoredResponse(response.status, response.body, request_id)
+            self.idempotency.complete(scope, key, stored)
+        if lose:
+            return Hangup(f"scripted lose_response (created {intent['id']})")
+        return response
+
+    def _idempotency_answer(
+        self,
+        decision: Decision,
+        stored: StoredResponse | None,
+        key: str,
+        request_id: str,
+        headers: dict[str, str],
+    ) -> Response:
+        if decision is Decision.REPLAY:
+            assert stored is not None
+            self.stats.event("idempotent_replays")
+            headers.update({"Idempotent-Replayed": "true", "Original-Request": stored.request_id})
+            return Response(stored.status, stored.body, headers, note="replay")
+        if decision is Decision.MISMATCH:
+            self.stats.event("idempotency_mismatches")
+            return self._error(errors.idempotency_mismatch(key), request_id, headers)
+        self.stats.event("idempotency_conflicts")
+        return self._error(errors.idempotency_in_flight(key), request_id, headers)
+
+    def _retrieve(self, intent_id: str, request_id: str, headers: dict[str, str]) -> Response:
+        intent = self.intents.get(intent_id)
+        if intent is None:
+            error = errors.resource_missing("payment_intent", intent_id, "intent")
+            return self._error(error, request_id, headers)
+        return self._json(200, intent, headers)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _check_key(self, api_key: str | None) -> StripeError | None:
+        if api_key is None:
+            return errors.missing_api_key()
+        if self.config.api_key is not None:
+            if hmac.compare_digest(api_key.encode(), self.config.api_key.encode()):
+                return None
+        elif api_key.startswith("sk_test_") and len(api_key) > len("sk_test_"):
+            return None
+        return errors.invalid_api_key(api_key)
+
+    @staticmethod
+    def _base_headers(request: Request, request_id: str) -> dict[str, str]:
+        headers = {"Request-Id": request_id, "Cache-Control": "no-cache, no-store"}
+        version = request.headers.get("stripe-version")
+        if version:
+            headers["Stripe-Version"] = version
+        return headers
+
+    @staticmethod
+    def _json(status: int, data: Any, headers: dict[str, str], note: str = "") -> Response:
+        return Response(status, json_body(data), dict(headers), note=note)
+
+    def _error(
+        self, error: StripeError, request_id: str, headers: dict[str, str], note: str = ""
+    ) -> Response:
+        body = error.body(request_id, int(self._clock()))
+        label = f"{error.error_type}/{error.code}" if error.code else error.error_type
+        note = f"{note} {label}" if note else label
+        return Response(error.status, json_body(body), {**headers, **error.headers}, note=note)

@@ -1,0 +1,140 @@
+"""Start-up configuration from command-line flags and ``STANDIN_*`` environment variables.
+
+Flags win over environment variables, which win over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stripe_standin.faults import ConfigError, FaultSettings
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 12111
+ENV_PREFIX = "STANDIN_"
+
+
+@dataclass(frozen=True)
+class StandinConfig:
+    """Everything the server needs to start."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    port_file: Path | None = None
+    api_key: str | None = None
+    faults: FaultSettings = field(default_factory=FaultSettings)
+    seed: int = 0
+    quiet: bool = False
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (0 picks a free one), got {text}")
+    return value
+
+
+def _flag(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+# (flag, destination, type, help); the env name is STANDIN_ + destination upper-cased.
+_OPTIONS = (
+    ("--host", "host", str, f"address to bind (default {DEFAULT_HOST})"),
+    ("--port", "port", _port, f"port to bind, 0 picks a free one (default {DEFAULT_PORT})"),
+    ("--port-file", "port_file", Path, "write the bound port to this file once listening"),
+    ("--api-key", "api_key", str, "accept only this key (default: any key starting sk_test_)"),
+    ("--latency-ms", "latency_ms", _non_negative_int, "delay before each API answer"),
+    ("--fail-5xx", "fail_5xx", _rate, "fraction of API requests answered 500 api_error"),
+    ("--fail-429", "fail_429", _rate, "fraction of API requests answered 429 rate limit"),
+    ("--drop", "drop", _rate, "fraction of API requests whose connection is closed at once"),
+    (
+        "--lose-response",
+        "lose_response",
+        _rate,
+        "fraction of API requests processed and stored, then closed without an answer",
+    ),
+    ("--seed", "seed", int, "seed of the fault random sequence (default: random)"),
+    ("--quiet", "quiet", _flag, "no per-request log lines"),
+)
+
+
+def env_name(dest: str) -> str:
+    """Environment variable that sets option ``dest``, e.g. ``STANDIN_FAIL_5XX``."""
+    return ENV_PREFIX + dest.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m stripe_standin`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m stripe_standin",
+        description="Local stand-in for the Stripe PaymentIntents API, with fault injection. "
+        "Every option can also be set with STANDIN_<OPTION> (e.g. STANDIN_PORT).",
+    )
+    for flag, dest, kind, help_text in _OPTIONS:
+        if kind is _flag:
+            parser.add_argument(
+                flag, dest=dest, type=kind, nargs="?", const=True, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+    return parser
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> StandinConfig:
+    """Read flags then ``STANDIN_*`` variables; exits with usage on invalid input like argparse."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for _flag_name, dest, kind, _help in _OPTIONS:
+        raw = environ.get(env_name(dest), "")
+        if getattr(args, dest) is None and raw != "":
+            try:
+                setattr(args, dest, kind(raw))
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{env_name(dest)}: {exc}")
+    try:
+        faults = FaultSettings(
+            latency_ms=args.latency_ms or 0,
+            drop=args.drop or 0.0,
+            fail_5xx=args.fail_5xx or 0.0,
+            fail_429=args.fail_429 or 0.0,
+            lose_response=args.lose_response or 0.0,
+        )
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return StandinConfig(
+        host=args.host or DEFAULT_HOST,
+        port=DEFAULT_PORT if args.port is None else args.port,
+        port_file=args.port_file,
+        api_key=args.api_key or None,
+        faults=faults,
+        seed=secrets.randbelow(2**31) if args.seed is None else args.seed,
+        quiet=bool(args.quiet),
+    )

@@ -1,0 +1,203 @@
+"""Fault injection: random faults from seeded rates, and scripted answers for create requests."""
+
+from __future__ import annotations
+
+import enum
+import random
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from stripe_standin.errors import StripeError
+
+
+class Fault(enum.Enum):
+    """A fault applied to one API request."""
+
+    DROP = "drop"  # close the connection before doing anything
+    FAIL_5XX = "fail_5xx"  # answer 500 api_error, nothing stored
+    FAIL_429 = "fail_429"  # answer 429 rate limit, nothing stored
+    LOSE_RESPONSE = "lose_response"  # do the work and store it, then close without answering
+
+
+RATE_FIELDS = ("drop", "fail_5xx", "fail_429", "lose_response")
+
+
+class ConfigError(ValueError):
+    """A fault setting that is out of range or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    """Latency and fault rates; rates are fractions in [0, 1] whose sum is at most 1."""
+
+    latency_ms: int = 0
+    drop: float = 0.0
+    fail_5xx: float = 0.0
+    fail_429: float = 0.0
+    lose_response: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.latency_ms, bool) or not isinstance(self.latency_ms, int):
+            raise ConfigError(f"latency_ms must be an integer, got {self.latency_ms!r}")
+        if self.latency_ms < 0:
+            raise ConfigError(f"latency_ms must be >= 0, got {self.latency_ms}")
+        for name in RATE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+            object.__setattr__(self, name, float(value))
+        total = sum(float(getattr(self, name)) for name in RATE_FIELDS)
+        if total > 1.0 + 1e-9:
+            raise ConfigError(f"fault rates add up to {total:g}; they must add up to at most 1")
+
+    def with_changes(self, changes: Mapping[str, Any]) -> FaultSettings:
+        """A copy with some fields changed; unknown names raise :class:`ConfigError`."""
+        unknown = sorted(set(changes) - {"latency_ms", *RATE_FIELDS})
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        return replace(self, **dict(changes))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return asdict(self)
+
+
+class FaultInjector:
+    """Decides, per request, which fault (if any) applies; seeded, so runs are repeatable."""
+
+    def __init__(self, settings: FaultSettings, seed: int) -> None:
+        self._lock = threading.Lock()
+        self._settings = settings
+        self._seed = seed
+        self._random = random.Random(seed)  # noqa: S311 - fault injection, not cryptography
+
+    @property
+    def settings(self) -> FaultSettings:
+        """The settings in force."""
+        with self._lock:
+            return self._settings
+
+    @property
+    def seed(self) -> int:
+        """Seed the random sequence started from."""
+        with self._lock:
+            return self._seed
+
+    def update(self, changes: Mapping[str, Any]) -> FaultSettings:
+        """Change some settings at runtime; ``seed`` restarts the random sequence."""
+        changes = dict(changes)
+        seed = changes.pop("seed", None)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        with self._lock:
+            self._settings = self._settings.with_changes(changes)
+            if seed is not None:
+                self._seed = seed
+                self._random.seed(seed)
+            return self._settings
+
+    def reset(self, settings: FaultSettings, seed: int) -> None:
+        """Back to the given settings and a fresh sequence from ``seed``."""
+        with self._lock:
+            self._settings = settings
+            self._seed = seed
+            self._random.seed(seed)
+
+    def decide(self) -> Fault | None:
+        """Draw once and map the draw onto the rates (drop, 5xx, 429, lose-response in order)."""
+        with self._lock:
+            draw = self._random.random()
+            settings = self._settings
+        threshold = 0.0
+        for fault in Fault:
+            threshold += float(getattr(settings, fault.value))
+            if draw < threshold:
+                return fault
+        return None
+
+
+@dataclass(frozen=True)
+class ScriptedFault:
+    """A scripted network fault (``drop`` or ``lose_response``) for one create request."""
+
+    fault: Fault
+
+
+ScriptEntry = StripeError | ScriptedFault
+
+
+def parse_script_entry(raw: Any) -> ScriptEntry:
+    """Turn one JSON entry of ``POST /_standin/script`` into a script entry.
+
+    ``{"status": 402, "error": {"type": ..., "message": ..., "code"?, "param"?, ...},
+    "headers"?: {...}}`` answers that error; ``{"fault": "drop" | "lose_response"}`` applies
+    that network fault.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"script entries must be objects, got {raw!r}")
+    if "fault" in raw:
+        allowed = {Fault.DROP.value, Fault.LOSE_RESPONSE.value}
+        if raw["fault"] not in allowed or set(raw) != {"fault"}:
+            raise ConfigError(f'a fault entry is {{"fault": "drop" | "lose_response"}}: {raw!r}')
+        return ScriptedFault(Fault(raw["fault"]))
+    status, error, headers = raw.get("status"), raw.get("error"), raw.get("headers", {})
+    if set(raw) - {"status", "error", "headers"}:
+        raise ConfigError(
+            f"unknown keys in script entry: {sorted(set(raw) - {'status', 'error', 'headers'})}"
+        )
+    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+        raise ConfigError(f"status must be an integer between 400 and 599, got {status!r}")
+    if not isinstance(error, dict):
+        raise ConfigError("error must be an object with at least type and message")
+    if not isinstance(error.get("type"), str) or not isinstance(error.get("message"), str):
+        raise ConfigError("error.type and error.message must be strings")
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigError("headers must map strings to strings")
+    extra = {k: v for k, v in error.items() if k not in ("type", "message", "code", "param")}
+    return StripeError(
+        status,
+        error["type"],
+        error["message"],
+        code=error.get("code"),
+        param=error.get("param"),
+        extra=extra,
+        headers=headers,
+    )
+
+
+class Script:
+    """Queue of scripted answers consumed, in order, by create requests that would execute."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: deque[ScriptEntry] = deque()
+
+    def load(self, entries: list[ScriptEntry], *, append: bool = False) -> int:
+        """Replace (or extend) the pending entries; returns how many are pending."""
+        with self._lock:
+            if not append:
+                self._entries.clear()
+            self._entries.extend(entries)
+            return len(self._entries)
+
+    def pop(self) -> ScriptEntry | None:
+        """Next entry, or ``None`` when the script is exhausted."""
+        with self._lock:
+            return self._entries.popleft() if self._entries else None
+
+    def pending(self) -> int:
+        """How many entries are left."""
+        with self._lock:
+            return len(self._entries)
+
+    def clear(self) -> None:
+        """Drop every pending entry."""
+        with self._lock:
+            self._entries.clear()

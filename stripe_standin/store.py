@@ -1,0 +1,164 @@
+"""In-memory, thread-safe storage: created PaymentIntents and idempotency-key results."""
+
+from __future__ import annotations
+
+import copy
+import enum
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+#: Stripe keeps idempotency results for at least 24 hours.
+IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A response saved against an idempotency key, replayed verbatim on retries."""
+
+    status: int
+    body: bytes
+    request_id: str
+
+
+@dataclass(frozen=True)
+class StoredIntent:
+    """A PaymentIntent together with what created it."""
+
+    intent: dict[str, Any]
+    idempotency_key: str | None
+    request_id: str
+
+
+class IntentStore:
+    """PaymentIntents by id, in creation order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._intents: dict[str, StoredIntent] = {}
+
+    def add(self, intent: dict[str, Any], idempotency_key: str | None, request_id: str) -> None:
+        """Store a new intent (a copy of it)."""
+        entry = StoredIntent(copy.deepcopy(intent), idempotency_key, request_id)
+        with self._lock:
+            self._intents[intent["id"]] = entry
+
+    def get(self, intent_id: str) -> dict[str, Any] | None:
+        """A copy of the intent, or ``None`` when no such id exists."""
+        with self._lock:
+            entry = self._intents.get(intent_id)
+        return copy.deepcopy(entry.intent) if entry else None
+
+    def all(self) -> list[StoredIntent]:
+        """Every stored intent, oldest first (copies)."""
+        with self._lock:
+            entries = list(self._intents.values())
+        return [copy.deepcopy(entry) for entry in entries]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._intents)
+
+    def clear(self) -> None:
+        """Forget every intent."""
+        with self._lock:
+            self._intents.clear()
+
+
+class Decision(enum.Enum):
+    """What to do with a request that carries an idempotency key."""
+
+    NEW = "new"  # first use: the caller now holds the key and must complete() or release() it
+    REPLAY = "replay"  # same parameters seen before: answer the stored response
+    MISMATCH = "mismatch"  # key already used with other parameters
+    IN_FLIGHT = "in_flight"  # the first request with this key is still being processed
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Result of :meth:`IdempotencyStore.begin`."""
+
+    decision: Decision
+    response: StoredResponse | None = None
+
+
+@dataclass
+class _Entry:
+    fingerprint: Hashable
+    response: StoredResponse | None  # None while in flight
+    stored_at: float
+
+
+class IdempotencyStore:
+    """Idempotency keys scoped per API key, Stripe style.
+
+    Only completed results are replayed; a key whose request failed validation or hit an
+    injected transient fault is released, so a retry runs again.
+    """
+
+    def __init__(
+        self,
+        ttl_seconds: float = IDEMPOTENCY_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._ttl = ttl_seconds
+        self._clock = clock
+
+    @staticmethod
+    def scope_for(api_key: str) -> str:
+        """Scope name for an API key (a digest, so the key itself is never kept)."""
+        return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+    def begin(self, scope: str, key: str, fingerprint: Hashable) -> Claim:
+        """Look the key up and, if unused, claim it for the caller."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get((scope, key))
+            if entry is not None and entry.response is not None:
+                entry = None if now - entry.stored_at >= self._ttl else entry  # expired: afresh
+            if entry is None:
+                self._entries[(scope, key)] = _Entry(fingerprint, None, now)
+                return Claim(Decision.NEW)
+            if entry.response is None:
+                return Claim(Decision.IN_FLIGHT)
+            if entry.fingerprint != fingerprint:
+                return Claim(Decision.MISMATCH)
+            return Claim(Decision.REPLAY, entry.response)
+
+    def complete(self, scope: str, key: str, response: StoredResponse) -> None:
+        """Save the result of a claimed key; later requests replay it.
+
+        A claim dropped by :meth:`clear` meanwhile (an admin reset) is not resurrected.
+        """
+        with self._lock:
+            entry = self._entries.get((scope, key))
+            if entry is None:
+                return
+            entry.response = response
+            entry.stored_at = self._clock()
+
+    def release(self, scope: str, key: str) -> None:
+        """Give up a claimed key without saving anything (the request may be retried)."""
+        with self._lock:
+            entry = self._entries.get((scope, key))
+            if entry is not None and entry.response is None:
+                del self._entries[(scope, key)]
+
+    def in_flight(self) -> int:
+        """How many claimed keys have no result yet."""
+        with self._lock:
+            return sum(1 for entry in self._entries.values() if entry.response is None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget every key (in-flight claims included)."""
+        with self._lock:
+            self._entries.clear()
