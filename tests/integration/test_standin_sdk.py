@@ -266,6 +266,7 @@ def test_duplicate_while_the_first_is_in_flight_gets_409(
         "idempotency_error",
         "idempotency_key_in_use",
     )
+    admin.configure(latency_ms=0)
     assert _create(client, key).id == results["first"].id
     assert len(admin.payment_intents()) == 1
     assert admin.stats()["idempotency_conflicts"] == 1
