@@ -35,7 +35,8 @@ def main() -> int:
                 return 1
     timings.sort()
     print(
-        f"rpc calls={calls} p50={percentile(timings, 50):.2f}ms p95={percentile(timings, 95):.2f}ms "
+        f"rpc calls={calls} p50={percentile(timings, 50):.2f}ms "
+        f"p95={percentile(timings, 95):.2f}ms "
         f"p99={percentile(timings, 99):.2f}ms max={timings[-1]:.2f}ms "
         f"mean={statistics.fmean(timings):.2f}ms"
     )
