@@ -1,0 +1,364 @@
+"""JobExecutor.execute on claimed jobs, against the stand-in over HTTP with the real SDK."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from stripe_standin.client import (
+    api_error,
+    card_declined,
+    drop,
+    lose_response,
+    rate_limit,
+)
+from stripe_standin.process import StandinProcess
+from tests.integration.conftest import API_KEY
+from worker.executor import JobExecutor
+from worker.models import Job
+from worker.store import Store
+
+QUEUE = "payments"
+CREATE_ROUTE = "POST /v1/payment_intents"
+ERROR_KEYS = {"at", "attempt", "error", "trace"}
+
+
+def insert_payment(
+    conn: psycopg.Connection, amount: int = 2500, description: str | None = "Order 42"
+) -> UUID:
+    """A payment in the configured currency; its trigger enqueues its job."""
+    row = conn.execute(
+        "INSERT INTO payments.transactions (amount, currency, description)"
+        " SELECT %s, currency, %s FROM payments.config RETURNING id",
+        (amount, description),
+    ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def claim(store: Store) -> Job:
+    jobs = store.job_get_available(QUEUE, 1, "test-worker")
+    assert len(jobs) == 1, "expected one job to claim"
+    return jobs[0]
+
+
+def make_due_and_claim(conn: psycopg.Connection, store: Store, job_id: int) -> Job:
+    """What the scheduler does once the retry delay is over, without waiting for it."""
+    conn.execute("UPDATE metadata.river_job SET scheduled_at = now() WHERE id = %s", (job_id,))
+    assert store.job_schedule_due(QUEUE, 10) == 1
+    job = claim(store)
+    assert job.id == job_id
+    return job
+
+
+def payment(conn: psycopg.Connection, payment_id: UUID) -> dict[str, Any]:
+    row = (
+        conn.cursor(row_factory=dict_row)
+        .execute("SELECT * FROM payments.transactions WHERE id = %s", (payment_id,))
+        .fetchone()
+    )
+    assert row is not None
+    return row
+
+
+def job_row(conn: psycopg.Connection, job_id: int) -> dict[str, Any]:
+    row = (
+        conn.cursor(row_factory=dict_row)
+        .execute("SELECT * FROM metadata.river_job WHERE id = %s", (job_id,))
+        .fetchone()
+    )
+    assert row is not None
+    return row
+
+
+def creates(standin: StandinProcess) -> int:
+    return int(standin.admin.stats()["requests"]["by_route"][CREATE_ROUTE])
+
+
+def db_now(conn: psycopg.Connection) -> datetime:
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_success_stores_the_intent_and_completes_the_job(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    payment_id = insert_payment(conn, 2500, "Order 42")
+    job = claim(store)
+
+    executor.execute(job)
+
+    (intent,) = standin.admin.intents_with_metadata("payment_id", str(payment_id))
+    assert (intent["amount"], intent["currency"], intent["description"]) == (
+        2500,
+        "usd",
+        "Order 42",
+    )
+    stored = payment(conn, payment_id)
+    assert stored["status"] == "pending"
+    assert stored["provider_payment_id"] == intent["id"]
+    assert stored["provider_client_secret"] == intent["client_secret"]
+    assert stored["error_message"] is None
+    row = job_row(conn, job.id)
+    assert (row["state"], row["attempt"], row["errors"]) == ("completed", 1, None)
+    assert row["finalized_at"] is not None
+    assert creates(standin) == 1
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (api_error(), "An unknown error occurred."),
+        (rate_limit(), "Request rate limit exceeded."),
+        (drop(), "Unexpected error communicating with Stripe."),
+    ],
+    ids=["500", "429", "drop"],
+)
+def test_transient_failure_makes_the_job_retryable(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    case: tuple[dict[str, Any], str],
+) -> None:
+    fault, message = case
+    payment_id = insert_payment(conn)
+    job = claim(store)
+    standin.admin.script([fault])
+    before = db_now(conn)
+
+    executor.execute(job)
+
+    after = db_now(conn)
+    row = job_row(conn, job.id)
+    assert row["state"] == "retryable"
+    assert row["finalized_at"] is None
+    (entry,) = row["errors"]
+    assert set(entry) == ERROR_KEYS
+    assert entry["attempt"] == 1
+    assert datetime.fromisoformat(entry["at"]) >= before - timedelta(seconds=1)
+    assert entry["error"].startswith(message)
+    assert entry["trace"].startswith("Traceback")
+    # River's backoff after attempt 1: 1 s, ±10 %.
+    assert (
+        before + timedelta(seconds=0.85) <= row["scheduled_at"] <= after + timedelta(seconds=1.15)
+    )
+    stored = payment(conn, payment_id)
+    assert (stored["status"], stored["provider_payment_id"]) == ("pending_intent", None)
+    assert standin.admin.intents_with_metadata("payment_id", str(payment_id)) == []
+    assert standin.admin.script_pending() == 0
+
+
+def test_giving_up_after_the_last_attempt_fails_the_payment(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    conn.execute("UPDATE payments.config SET max_attempts = 2")
+    payment_id = insert_payment(conn)
+    standin.admin.script([api_error(), api_error()])
+    job = claim(store)
+    assert job.max_attempts == 2
+
+    executor.execute(job)
+    assert job_row(conn, job.id)["state"] == "retryable"
+    assert payment(conn, payment_id)["status"] == "pending_intent"
+
+    job = make_due_and_claim(conn, store, job.id)
+    assert job.attempt == 2
+    executor.execute(job)
+
+    row = job_row(conn, job.id)
+    assert row["state"] == "discarded"
+    assert row["finalized_at"] is not None
+    assert [entry["attempt"] for entry in row["errors"]] == [1, 2]
+    assert all(set(entry) == ERROR_KEYS for entry in row["errors"])
+    stored = payment(conn, payment_id)
+    assert stored["status"] == "failed"
+    assert stored["error_message"] == "gave up after 2 attempts: An unknown error occurred."
+    assert creates(standin) == 2
+    assert standin.admin.intents_with_metadata("payment_id", str(payment_id)) == []
+
+
+def test_card_error_fails_the_payment_at_once(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    payment_id = insert_payment(conn)
+    standin.admin.script([card_declined()])
+    job = claim(store)
+
+    executor.execute(job)
+
+    row = job_row(conn, job.id)
+    assert (row["state"], row["attempt"]) == ("discarded", 1)
+    assert row["finalized_at"] is not None
+    (entry,) = row["errors"]
+    assert entry["error"] == "Your card was declined."
+    stored = payment(conn, payment_id)
+    assert (stored["status"], stored["error_message"]) == ("failed", "Your card was declined.")
+    assert stored["provider_payment_id"] is None
+
+
+def test_lost_response_then_retry_creates_exactly_one_intent(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    payment_id = insert_payment(conn)
+    standin.admin.script([lose_response()])
+    job = claim(store)
+
+    executor.execute(job)
+
+    # Stripe made the intent, but the worker never heard: it must retry, not fail.
+    assert job_row(conn, job.id)["state"] == "retryable"
+    assert payment(conn, payment_id)["status"] == "pending_intent"
+    assert len(standin.admin.intents_with_metadata("payment_id", str(payment_id))) == 1
+
+    executor.execute(make_due_and_claim(conn, store, job.id))
+
+    (intent,) = standin.admin.intents_with_metadata("payment_id", str(payment_id))
+    stored = payment(conn, payment_id)
+    assert stored["status"] == "pending"
+    assert stored["provider_payment_id"] == intent["id"]
+    assert stored["provider_client_secret"] == intent["client_secret"]
+    row = job_row(conn, job.id)
+    assert (row["state"], row["attempt"], len(row["errors"])) == ("completed", 2, 1)
+    stats = standin.admin.stats()
+    assert stats["payment_intents_created"] == 1
+    assert stats["idempotent_replays"] == 1
+
+
+def test_a_payment_that_already_has_its_intent_is_not_sent_again(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    payment_id = insert_payment(conn)
+    conn.execute(
+        "UPDATE payments.transactions SET status = 'pending', provider_payment_id = 'pi_earlier',"
+        " provider_client_secret = 'pi_earlier_secret_x' WHERE id = %s",
+        (payment_id,),
+    )
+    before = payment(conn, payment_id)
+    job = claim(store)
+
+    executor.execute(job)
+
+    row = job_row(conn, job.id)
+    assert (row["state"], row["errors"]) == ("completed", None)
+    assert payment(conn, payment_id) == before
+    assert standin.admin.stats()["requests"]["total"] == 0
+
+
+def test_a_job_of_an_unknown_kind_is_retried_with_a_clear_error(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    conn.execute(
+        "INSERT INTO metadata.river_job (queue, kind, args, max_attempts)"
+        " VALUES (%s, 'send_invoice', '{}', 5)",
+        (QUEUE,),
+    )
+    job = claim(store)
+
+    executor.execute(job)
+
+    row = job_row(conn, job.id)
+    assert row["state"] == "retryable"
+    (entry,) = row["errors"]
+    assert entry["error"] == "no handler registered for job kind 'send_invoice'"
+    assert standin.admin.stats()["requests"]["total"] == 0
+
+
+def test_a_missing_payment_discards_the_job(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    missing = uuid4()
+    conn.execute(
+        "INSERT INTO metadata.river_job (queue, kind, args, max_attempts)"
+        " VALUES (%s, 'create_payment_intent', jsonb_build_object('payment_id', %s::text), 5)",
+        (QUEUE, missing),
+    )
+    job = claim(store)
+
+    executor.execute(job)
+
+    row = job_row(conn, job.id)
+    assert row["state"] == "discarded"
+    assert row["errors"][0]["error"] == f"payment {missing} does not exist"
+    assert standin.admin.stats()["requests"]["total"] == 0
+
+
+def test_a_payment_in_another_currency_fails_without_charging(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    conn.execute("UPDATE payments.config SET currency = 'EUR'")
+    payment_id = insert_payment(conn)
+    assert payment(conn, payment_id)["currency"] == "EUR"
+    job = claim(store)
+
+    executor.execute(job)  # built for USD
+
+    assert job_row(conn, job.id)["state"] == "discarded"
+    stored = payment(conn, payment_id)
+    assert stored["status"] == "failed"
+    assert stored["error_message"] == (
+        "payment is in EUR but this worker charges in USD (PAYMENT_CURRENCY); not charged"
+    )
+    assert standin.admin.stats()["requests"]["total"] == 0
+
+
+def test_errors_and_logs_never_contain_the_api_key_or_a_client_secret(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # As worker.logs.configure leaves it at LOG_LEVEL=DEBUG: everything but the SDKs' chatter.
+    # (set_level also sets caplog's handler level, so the root's DEBUG comes last.)
+    for noisy in ("stripe", "urllib3", "psycopg", "psycopg.pool"):
+        caplog.set_level(logging.WARNING, logger=noisy)
+    caplog.set_level(logging.DEBUG)
+    payments = [insert_payment(conn, 1000 + i) for i in range(5)]
+    standin.admin.script([api_error(), drop(), lose_response(), card_declined(), rate_limit()])
+    jobs = store.job_get_available(QUEUE, 10, "test-worker")
+    assert len(jobs) == 5
+    for job in jobs:
+        executor.execute(job)
+    # The transient ones again, now answered: a fresh intent, a replay, and a fresh one.
+    retryable = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM metadata.river_job WHERE state = 'retryable' ORDER BY id"
+        )
+    ]
+    assert len(retryable) == 4
+    for job_id in retryable:
+        executor.execute(make_due_and_claim(conn, store, job_id))
+    statuses = sorted(payment(conn, payment_id)["status"] for payment_id in payments)
+    assert statuses == ["failed", "pending", "pending", "pending", "pending"]
+
+    secrets = [
+        entry["payment_intent"]["client_secret"] for entry in standin.admin.payment_intents()
+    ]
+    assert len(secrets) == 4
+    assert all(secret and "_secret_" in secret for secret in secrets)
+    errors = conn.execute(
+        "SELECT coalesce(string_agg(e::text, ' '), '') FROM metadata.river_job, unnest(errors) e"
+    ).fetchone()
+    assert errors is not None
+    assert errors[0].count('"trace"') == 5
+    logged = "\n".join(
+        f"{logging.Formatter().format(record)} {vars(record)!r}" for record in caplog.records
+    )
+    assert "job completed" in logged
+    assert "job failed, will retry" in logged
+    assert "job discarded" in logged
+    for text in (errors[0], logged):
+        assert API_KEY not in text
+        assert "sk_test_" not in text
+        assert "_secret_" not in text
+        for secret in secrets:
+            assert secret not in text
