@@ -34,4 +34,4 @@ run: venv ## run the worker locally (scripts/run.sh) against the PostgreSQL of `
 
 clean: ## stop the private PostgreSQL cluster and remove .run (keeps .venv and .tools)
 	@scripts/stop-postgres.sh --remove
-	rm -rf .run
+	@rm -rf .run

@@ -21,7 +21,8 @@ run_quiet() {
   local what=$1 log rc=0
   shift
   log=$(mktemp "${TMPDIR:-/tmp}/pw-log.XXXXXX")
-  "$@" </dev/null >"$log" 2>&1 || rc=$?
+  # 9>&-: children (a started postgres!) must not inherit with_lock's lock fd.
+  "$@" </dev/null >"$log" 2>&1 9>&- || rc=$?
   if ((rc != 0)); then
     printf '%s: error: %s failed (exit %d); last lines of its output:\n' "${0##*/}" "$what" "$rc" >&2
     tail -n 25 "$log" | sed 's/^/    /' >&2
