@@ -1,0 +1,355 @@
+"""Acceptance fixtures: the repo's real supervisord.conf under a real supervisord, real psql.
+
+supervisord runs from the repo root exactly as `make run` and the container run it, with
+`.venv/bin` first on PATH so its `python` is the venv's. Its socket and pidfile live in the
+repo root (supervisord.conf says so), hence one supervisord per checkout at a time: these
+tests fail at once, saying so, if another one already listens there.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import xmlrpc.client
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from supervisor.xmlrpc import SupervisorTransport
+
+from stripe_standin.process import StandinProcess
+from tests import pg
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+CONF = ROOT / "supervisord.conf"
+SOCKET = ROOT / ".supervisor.sock"
+PIDFILE = ROOT / ".supervisord.pid"
+
+API_KEY = "sk_test_acceptance_7Hq2mZ9xKpL4"
+# The test server trusts 127.0.0.1, so a password in the URL is accepted and ignored: it is
+# there to prove no process ever prints it.
+DB_PASSWORD = pg.PASSWORD or "acceptance-db-pw-Zr8Tq"
+
+_SUPERVISORD_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+LOG_KEYS = frozenset({"ts", "level", "logger", "msg", "pid"})
+
+
+def worker_stopwaitsecs() -> int:
+    """stopwaitsecs of [program:worker]: how long supervisord may take to stop."""
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    parser.read(CONF)
+    return parser.getint("program:worker", "stopwaitsecs", fallback=10)
+
+
+def database_url_with_password(dbname: str) -> str:
+    return pg.url(dbname, password=DB_PASSWORD)
+
+
+def base_env() -> dict[str, str]:
+    """PATH (venv first, psql's dir kept) and HOME, nothing else inherited."""
+    path = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "/usr/bin:/bin")])
+    return {"PATH": path, "HOME": os.environ.get("HOME", "/root")}
+
+
+def psql_bin() -> str:
+    bindir = os.environ.get("PW_PG_BINDIR")
+    if bindir and (Path(bindir) / "psql").exists():
+        return str(Path(bindir) / "psql")
+    found = shutil.which("psql")
+    if not found:
+        pytest.fail("psql is not on PATH: run the tests through `make test`")
+    return found
+
+
+def psql(url: str, sql: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`psql "$url" -XAtc "$sql"`: unaligned, tuples only, no ~/.psqlrc."""
+    return subprocess.run(
+        [psql_bin(), url, "-XAtc", sql],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def psql_ok(url: str, sql: str, timeout: float = 30) -> str:
+    result = psql(url, sql, timeout)
+    assert result.returncode == 0, f"psql failed ({result.returncode}): {result.stderr}"
+    return result.stdout.strip()
+
+
+def payment_sql(amount: int, description: str) -> str:
+    return f"SELECT create_payment_intent_sync({amount}, '{description}')"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def rpc(method: str, *args: Any) -> Any:
+    """Calls `supervisor.METHOD(*args)` over the unix socket of supervisord.conf."""
+    transport = SupervisorTransport(None, None, f"unix://{SOCKET}")
+    try:
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport)
+        return getattr(proxy.supervisor, method)(*args)
+    finally:
+        transport.close()
+
+
+def socket_in_use() -> bool:
+    if not SOCKET.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(str(SOCKET))
+        except OSError:
+            return False  # stale: supervisord removes it on start
+    return True
+
+
+def fail_if_socket_in_use() -> None:
+    if socket_in_use():
+        try:
+            owner = f" (pid {PIDFILE.read_text().strip()})"
+        except OSError:
+            owner = ""
+        pytest.fail(
+            f"another supervisord{owner} already listens on {SOCKET}: supervisord.conf puts "
+            "its socket in the repo root, so only one can run per checkout; stop it "
+            f"(`{VENV_BIN}/supervisorctl -c supervisord.conf shutdown`) and run again"
+        )
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float, message: Callable[[], str] | str
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(message() if callable(message) else message)
+        time.sleep(0.05)
+
+
+class Supervisord:
+    """`supervisord -c supervisord.conf` in the repo root; stdout+stderr appended to a file."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+        self.stop_seconds: float | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self, timeout: float = 15) -> Supervisord:
+        fail_if_socket_in_use()
+        # Append mode: supervisord and each program reopen /dev/stdout themselves, and only
+        # O_APPEND keeps their writes from overwriting each other in a regular file.
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(VENV_BIN / "supervisord"), "-c", str(CONF)],
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(self._answers, timeout, lambda: f"supervisord did not start:\n{self.output()}")
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            pytest.fail(
+                f"supervisord exited with status {self.process.returncode}:\n{self.output()}"
+            )
+        try:
+            return bool(rpc("getState")["statename"] == "RUNNING")
+        except (OSError, xmlrpc.client.Fault):
+            return False
+
+    def stop(self) -> int:
+        """SIGTERM; returns the exit status. Fails if it takes longer than stopwaitsecs."""
+        if self.process is None or self.returncode is not None:
+            return self.returncode if self.returncode is not None else 0
+        limit = worker_stopwaitsecs()
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = self.process.wait(limit + 5)
+        except subprocess.TimeoutExpired:
+            self._kill_everything()
+            pytest.fail(f"supervisord did not exit within {limit} s of SIGTERM")
+        self.stop_seconds = time.monotonic() - started
+        return self.returncode
+
+    def _kill_everything(self) -> None:
+        assert self.process is not None
+        for info in self.processes():
+            if info["pid"]:
+                os.killpg(info["pid"], signal.SIGKILL)
+        self.process.kill()
+        self.returncode = self.process.wait()
+
+    # --- what tests use ------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def processes(self) -> list[dict[str, Any]]:
+        try:
+            infos: list[dict[str, Any]] = rpc("getAllProcessInfo")
+        except (OSError, xmlrpc.client.Fault):
+            return []
+        return infos
+
+    def workers(self, state: str | None = None) -> dict[str, dict[str, Any]]:
+        """Worker processes by name (worker-00...), optionally only those in `state`."""
+        return {
+            p["name"]: p
+            for p in self.processes()
+            if p["group"] == "worker" and (state is None or p["statename"] == state)
+        }
+
+    def wait_workers_running(self, count: int, timeout: float = 20) -> dict[str, dict[str, Any]]:
+        """Waits until the scaler has exited and exactly `count` workers are RUNNING and have
+        logged "worker started"; returns them."""
+
+        def ready() -> dict[str, dict[str, Any]] | None:
+            scaler = [p for p in self.processes() if p["name"] == "worker-scaler"]
+            running = self.workers("RUNNING")
+            started = {line["pid"] for line in self.json_lines() if line["msg"] == "worker started"}
+            if (
+                scaler
+                and scaler[0]["statename"] == "EXITED"
+                and len(running) == count
+                and all(p["pid"] in started for p in running.values())
+            ):
+                return running
+            return None
+
+        running = wait_until(
+            ready,
+            timeout,
+            lambda: (
+                f"expected {count} RUNNING workers, got "
+                f"{sorted(self.workers('RUNNING'))}:\n{self.output()}"
+            ),
+        )
+        assert isinstance(running, dict)
+        return running
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`supervisorctl -c supervisord.conf ARGS...`."""
+        return subprocess.run(
+            [str(VENV_BIN / "supervisorctl"), "-c", str(CONF), *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def lines(self) -> list[str]:
+        return self.output().splitlines()
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        """Every line that is a JSON object (the programs' logs)."""
+        found = []
+        for line in self.lines():
+            if line.startswith("{"):
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(value, dict):
+                    found.append(value)
+        return found
+
+    def program_lines(self) -> list[str]:
+        """Every line not written by supervisord itself: what the programs printed."""
+        return [line for line in self.lines() if not _SUPERVISORD_LINE.match(line)]
+
+    def supervisord_lines(self) -> list[str]:
+        return [line for line in self.lines() if _SUPERVISORD_LINE.match(line)]
+
+
+StartSupervisord = Callable[..., Supervisord]
+
+
+@pytest.fixture
+def start_supervisord(
+    tmp_path: Path, database_url: str, standin: StandinProcess
+) -> Iterator[StartSupervisord]:
+    """start_supervisord(env) -> a running Supervisord with exactly `env` (plus base_env()).
+    On teardown: SIGTERM, and it must exit 0 within stopwaitsecs.
+
+    Depends on the database and the stand-in only so that they are torn down after it:
+    workers must not watch their database being dropped under them."""
+    started: list[Supervisord] = []
+
+    def start(env: Mapping[str, str], *, bare: bool = False) -> Supervisord:
+        full = dict(env) if bare else {**base_env(), **env}
+        sup = Supervisord(full, tmp_path / f"supervisord-{len(started)}.log")
+        started.append(sup)
+        return sup.start()
+
+    yield start
+    limit = worker_stopwaitsecs()
+    for sup in started:
+        status = sup.stop()
+        assert status == 0, f"supervisord exited {status}:\n{sup.output()[-4000:]}"
+        assert sup.stop_seconds is None or sup.stop_seconds <= limit, (
+            f"supervisord took {sup.stop_seconds:.1f} s to stop (stopwaitsecs={limit})"
+        )
+
+
+@pytest.fixture
+def db_url(database_url: str, pw_database: psycopg.Connection) -> str:
+    """This test's database (the `database_url` fixture's), as a URL with a password in it."""
+    return database_url_with_password(pw_database.info.dbname)
+
+
+@pytest.fixture
+def worker_env(db_url: str, standin: StandinProcess) -> dict[str, str]:
+    return {
+        "DATABASE_URL": db_url,
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": standin.url,
+        "RIVER_WORKER_COUNT": "2",
+    }
+
+
+@pytest.fixture
+def supervisor(start_supervisord: StartSupervisord, worker_env: dict[str, str]) -> Supervisord:
+    """supervisord with RIVER_WORKER_COUNT=2, both workers RUNNING and listening."""
+    sup = start_supervisord(worker_env)
+    sup.wait_workers_running(2)
+    return sup
