@@ -22,12 +22,14 @@ find_python() {
 # pip_wheel: path of a pip wheel to bootstrap a venv whose python lacks ensurepip.
 pip_wheel() {
   local w
-  w=$(ls /usr/share/python-wheels/pip-*.whl "$TOOLS_ROOT"/usr/share/python-wheels/pip-*.whl \
-    2>/dev/null | head -n 1) && [[ -n $w ]] && { echo "$w"; return 0; }
+  for w in /usr/share/python-wheels/pip-*.whl "$TOOLS_ROOT"/usr/share/python-wheels/pip-*.whl; do
+    [[ -f $w ]] && { echo "$w"; return 0; }
+  done
   tools_unpack python3-pip-whl >&2
-  w=$(ls "$TOOLS_ROOT"/usr/share/python-wheels/pip-*.whl 2>/dev/null | head -n 1)
-  [[ -n $w ]] || die "no pip wheel in python3-pip-whl"
-  echo "$w"
+  for w in "$TOOLS_ROOT"/usr/share/python-wheels/pip-*.whl; do
+    [[ -f $w ]] && { echo "$w"; return 0; }
+  done
+  die "no pip wheel in python3-pip-whl"
 }
 
 create_venv() {

@@ -98,7 +98,8 @@ TOOLS_SKIP=" postgresql-common postgresql-client-common ssl-cert debconf cdebcon
   tzdata ucf libc6 libc-bin dpkg perl-base "
 
 _has_candidate() {
-  apt-cache "${TOOLS_APT_OPTS[@]}" policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'
+  # (no grep -q: with pipefail, apt-cache would die of SIGPIPE and fail the pipeline)
+  apt-cache "${TOOLS_APT_OPTS[@]}" policy "$1" 2>/dev/null | grep 'Candidate: [^(]' >/dev/null
 }
 
 # tools_apt_prepare PKG: make sure some package list knows PKG (private lists if need be).
@@ -260,10 +261,9 @@ EOF
 # pg_bindirs: candidate PostgreSQL bin dirs, newest major first.
 pg_bindirs() {
   local d
-  for d in $(ls -d /usr/lib/postgresql/*/bin "$TOOLS_ROOT"/usr/lib/postgresql/*/bin 2>/dev/null |
-    awk -F/ '{ print $(NF-1) "\t" $0 }' | sort -t$'\t' -k1,1nr | cut -f2); do
-    echo "$d"
-  done
+  for d in /usr/lib/postgresql/*/bin "$TOOLS_ROOT"/usr/lib/postgresql/*/bin; do
+    [[ -d $d ]] && printf '%s\t%s\n' "$(basename "$(dirname "$d")")" "$d"
+  done | sort -t$'\t' -k1,1nr | cut -f2
 }
 
 # tools_pg_wrappers BINDIR: wrappers in .tools/bin for every program of an unpacked BINDIR.
@@ -296,7 +296,7 @@ find_psql() {
 pg_default_major() {
   local m
   m=$(apt-cache "${TOOLS_APT_OPTS[@]}" depends postgresql 2>/dev/null |
-    sed -n 's/^ *Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | head -n 1)
+    sed -n 's/^ *Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | sed -n 1p)
   [[ -n $m ]] || die "cannot tell which postgresql-NN package to use (apt-cache depends postgresql)"
   echo "$m"
 }

@@ -134,7 +134,7 @@ private_start() {
 
   if [[ ! -f $P_DATA/PG_VERSION ]]; then
     loc=C
-    locale -a 2>/dev/null | grep -qiE '^c\.utf-?8$' && loc=C.UTF-8
+    locale -a 2>/dev/null | grep -iE '^c\.utf-?8$' >/dev/null && loc=C.UTF-8
     t0=$SECONDS
     run_quiet "initdb $P_DATA" as_pg "$P_BINDIR/initdb" -D "$P_DATA" -U postgres -A trust \
       -E UTF8 --locale="$loc" --no-instructions
