@@ -1,0 +1,301 @@
+"""Least privilege: the worker and client roles, row-level security, the guard trigger,
+and the RPC's loopback connection surviving the loss of its backend."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from stripe_standin.process import StandinProcess
+from tests import pg
+from tests.integration.conftest import RunningWorker, worker_config
+from worker.service import Worker
+
+RPC = "SELECT create_payment_intent_sync(%s, %s)"
+
+MakeRole = Callable[..., str]
+
+
+@pytest.fixture
+def login_role(database_url: str) -> Iterator[MakeRole]:
+    """Creates LOGIN roles granted the given groups; drops them at the end (cluster-wide)."""
+    created: list[str] = []
+    with psycopg.connect(database_url, autocommit=True) as admin:
+
+        def make(*groups: str) -> str:
+            name = f"pw_test_{uuid4().hex[:12]}"
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+            created.append(name)
+            for group in groups:
+                admin.execute(
+                    sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name))
+                )
+            return name
+
+        yield make
+        for name in created:
+            # Sessions of the role end with their fixtures; wait for the server to see it.
+            admin.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s",
+                (name,),
+            )
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def role_url(database_url: str, role: str) -> str:
+    return pg.url(str(conninfo_to_dict(database_url)["dbname"]), user=role)
+
+
+def connect_as(database_url: str, role: str) -> psycopg.Connection:
+    return psycopg.connect(role_url(database_url, role), autocommit=True)
+
+
+def insert_payment(conn: psycopg.Connection, user_id: str | None = None) -> UUID:
+    row = conn.execute(
+        "INSERT INTO payments.transactions (user_id, amount, currency)"
+        " VALUES (%s, 2500, 'USD') RETURNING id",
+        (user_id,),
+    ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+# --- the worker's role --------------------------------------------------------------------------
+
+
+def test_a_whole_worker_runs_as_a_payment_worker_login(
+    conn: psycopg.Connection,
+    database_url: str,
+    standin: StandinProcess,
+    login_role: MakeRole,
+) -> None:
+    url = role_url(database_url, login_role("payment_worker"))
+    with ConnectionPool(
+        url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
+    ) as role_pool:
+        worker = Worker(worker_config(url, standin.url), role_pool)
+        thread = threading.Thread(target=worker.run, name="role-worker", daemon=True)
+        thread.start()
+        running = RunningWorker(worker, thread)
+        try:
+            assert worker.listener.listening.wait(5), "worker did not start listening"
+            row = conn.execute(RPC, (2500, "least privilege")).fetchone()
+            assert row is not None
+            result = row[0]
+            assert result["status"] == "pending"
+            # Through the scheduler too: a retry needs UPDATE and pg_notify, nothing more.
+            payment_id = insert_payment(conn)
+            conn.execute(
+                "UPDATE metadata.river_job SET state = 'retryable',"
+                " scheduled_at = now() - interval '1 s' WHERE args->>'payment_id' = %s",
+                (str(payment_id),),
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                status = conn.execute(
+                    "SELECT status FROM payments.transactions WHERE id = %s", (payment_id,)
+                ).fetchone()
+                if status == ("pending",):
+                    break
+                worker.stop.wait(0.02)
+            assert status == ("pending",)
+        finally:
+            running.stop()
+    intents = standin.admin.intents_with_metadata("payment_id", result["payment_id"])
+    assert [intent["client_secret"] for intent in intents] == [result["client_secret"]]
+    jobs = conn.execute("SELECT state, attempted_by FROM metadata.river_job ORDER BY id").fetchall()
+    assert jobs == [("completed", ["test-worker"]), ("completed", ["test-worker"])]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')",
+        "DELETE FROM payments.transactions",
+        "UPDATE payments.transactions SET amount = 1",
+        "UPDATE payments.transactions SET user_id = 'mallory'",
+        "SELECT create_payment_intent_sync(2500, 'x')",
+        "INSERT INTO metadata.river_job (kind, args, max_attempts) VALUES ('k', '{}', 1)",
+        "DELETE FROM metadata.river_job",
+        "UPDATE payments.config SET currency = 'EUR'",
+        "UPDATE payments.currency SET min_amount = 1",
+    ],
+)
+def test_the_worker_role_cannot(
+    conn: psycopg.Connection, database_url: str, login_role: MakeRole, statement: str
+) -> None:
+    insert_payment(conn)
+    before = conn.execute(
+        "SELECT (SELECT count(*) FROM payments.transactions), (SELECT sum(amount) FROM"
+        " payments.transactions), (SELECT count(*) FROM metadata.river_job),"
+        " (SELECT currency FROM payments.config)"
+    ).fetchone()
+    with connect_as(database_url, login_role("payment_worker")) as worker_conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            worker_conn.execute(statement)
+        # What it may do still works on the same session.
+        assert worker_conn.execute("SELECT count(*) FROM payments.transactions").fetchone() == (1,)
+    after = conn.execute(
+        "SELECT (SELECT count(*) FROM payments.transactions), (SELECT sum(amount) FROM"
+        " payments.transactions), (SELECT count(*) FROM metadata.river_job),"
+        " (SELECT currency FROM payments.config)"
+    ).fetchone()
+    assert after == before
+
+
+# --- the client's role and row-level security -------------------------------------------------
+
+
+def test_a_client_sees_only_its_own_payments(
+    conn: psycopg.Connection, database_url: str, login_role: MakeRole
+) -> None:
+    alice = {insert_payment(conn, "alice") for _ in range(2)}
+    bob = insert_payment(conn, "bob")
+    insert_payment(conn, None)
+    with connect_as(database_url, login_role("payment_client")) as client:
+        client.execute("""SELECT set_config('request.jwt.claims', '{"sub": "alice"}', false)""")
+        rows = client.execute("SELECT id, user_id FROM payments.transactions").fetchall()
+        assert {row[0] for row in rows} == alice
+        assert {row[1] for row in rows} == {"alice"}
+        assert client.execute(
+            "SELECT count(*) FROM payments.transactions WHERE id = %s", (bob,)
+        ).fetchone() == (0,)
+
+        client.execute("""SELECT set_config('request.jwt.claims', '{"sub": "bob"}', false)""")
+        assert client.execute("SELECT id FROM payments.transactions").fetchall() == [(bob,)]
+
+        client.execute("SELECT set_config('request.jwt.claims', '', false)")
+        assert client.execute("SELECT id FROM payments.transactions").fetchall() == []
+
+        for statement in (
+            "UPDATE payments.transactions SET status = 'canceled'",
+            "DELETE FROM payments.transactions",
+            "INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')",
+            "SELECT * FROM metadata.river_job",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                client.execute(statement)
+
+
+def test_public_cannot_call_the_rpc(
+    conn: psycopg.Connection, database_url: str, login_role: MakeRole
+) -> None:
+    for function in ("create_payment_intent_sync(numeric, text)", "get_payment(uuid)"):
+        row = conn.execute(
+            "SELECT has_function_privilege('public', %s, 'execute')", (f"public.{function}",)
+        ).fetchone()
+        assert row == (False,), function
+    with connect_as(database_url, login_role()) as nobody:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            nobody.execute(RPC, (2500, "x"))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            nobody.execute("SELECT get_payment(%s)", (uuid4(),))
+    assert conn.execute("SELECT count(*) FROM payments.transactions").fetchone() == (0,)
+
+
+# --- the guard trigger, for every role ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("amount = amount + 1", "cannot change"),
+        ("currency = 'EUR'", "cannot change"),
+        ("user_id = 'mallory'", "cannot change"),
+        ("description = 'other'", "cannot change"),
+        ("status = 'pending_intent'", "status cannot go from pending to pending_intent"),
+        ("provider_payment_id = 'pi_other'", "already has PaymentIntent pi_first"),
+    ],
+)
+def test_the_guard_refuses_even_the_admin(
+    conn: psycopg.Connection, change: str, message: str
+) -> None:
+    payment_id = insert_payment(conn)
+    conn.execute(
+        "UPDATE payments.transactions SET status = 'pending', provider_payment_id = 'pi_first',"
+        " provider_client_secret = 'pi_first_secret_x' WHERE id = %s",
+        (payment_id,),
+    )
+    is_superuser = "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+    assert conn.execute(is_superuser).fetchone() == (True,)
+    before = conn.execute(
+        "SELECT * FROM payments.transactions WHERE id = %s", (payment_id,)
+    ).fetchone()
+
+    with pytest.raises(psycopg.errors.RaiseException) as err:
+        conn.execute(
+            sql.SQL("UPDATE payments.transactions SET {} WHERE id = %s").format(sql.SQL(change)),
+            (payment_id,),
+        )
+
+    assert message in str(err.value)
+    after = conn.execute(
+        "SELECT * FROM payments.transactions WHERE id = %s", (payment_id,)
+    ).fetchone()
+    assert after == before
+
+
+def test_the_guard_lets_status_move_forward(conn: psycopg.Connection) -> None:
+    payment_id = insert_payment(conn)
+    for status in ("pending", "succeeded"):
+        conn.execute(
+            "UPDATE payments.transactions SET status = %s, provider_payment_id = 'pi_1',"
+            " provider_client_secret = 'pi_1_secret_x' WHERE id = %s",
+            (status, payment_id),
+        )
+    row = conn.execute(
+        "SELECT status FROM payments.transactions WHERE id = %s", (payment_id,)
+    ).fetchone()
+    assert row == ("succeeded",)
+    with pytest.raises(psycopg.errors.RaiseException, match="from succeeded to pending"):
+        conn.execute(
+            "UPDATE payments.transactions SET status = 'pending' WHERE id = %s", (payment_id,)
+        )
+
+
+# --- the RPC's loopback connection --------------------------------------------------------------
+
+
+def loopback_pids(conn: psycopg.Connection) -> list[int]:
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE application_name = 'payment_worker_loopback' AND datname = current_database()"
+        )
+    ]
+
+
+def test_the_rpc_recovers_from_a_killed_loopback_connection(
+    conn: psycopg.Connection, database_url: str, running_worker: RunningWorker
+) -> None:
+    row = conn.execute(RPC, (2500, "first")).fetchone()
+    assert row is not None
+    first = row[0]["payment_id"]
+    (pid,) = loopback_pids(conn)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        terminated = admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()
+        assert terminated == (True,)
+    assert loopback_pids(conn) == []
+
+    row = conn.execute(RPC, (3100, "after the loopback died")).fetchone()
+
+    assert row is not None
+    second = row[0]
+    assert second["status"] == "pending"
+    assert second["payment_id"] != first
+    payments = conn.execute(
+        "SELECT amount, description, status FROM payments.transactions ORDER BY created_at"
+    ).fetchall()
+    assert payments == [(2500, "first", "pending"), (3100, "after the loopback died", "pending")]
+    new_pids = loopback_pids(conn)
+    assert len(new_pids) == 1
+    assert new_pids != [pid]
