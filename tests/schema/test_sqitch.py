@@ -1,0 +1,226 @@
+"""The sqitch project with real sqitch: deploy, verify, revert, variables, living beside
+an existing River install, and River's migration 007 still applying to the result.
+
+Each test makes its own empty database and drops it at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from uuid import uuid4
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests import pg
+
+MakeDatabase = Callable[[], str]
+
+
+@pytest.fixture
+def empty_database() -> Iterator[MakeDatabase]:
+    """Creates empty databases with unique names; drops them (and their sessions) at the end."""
+    created: list[str] = []
+    with psycopg.connect(pg.url("postgres"), autocommit=True) as admin:
+
+        def make() -> str:
+            name = f"pw_sqitch_{uuid4().hex[:12]}"
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            created.append(name)
+            return name
+
+        yield make
+        for name in created:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def sqitch_ok(command: str, dbname: str, *args: str) -> str:
+    result = pg.sqitch(command, dbname, *args, check=False)
+    assert result.returncode == 0, f"sqitch {command} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def connect(dbname: str) -> psycopg.Connection:
+    return psycopg.connect(pg.url(dbname), autocommit=True)
+
+
+def schemas(conn: psycopg.Connection) -> set[str]:
+    return {
+        row[0]
+        for row in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname IN ('payments', 'metadata')"
+        )
+    }
+
+
+def test_deploy_verify_revert_deploy_on_an_empty_database(empty_database: MakeDatabase) -> None:
+    db = empty_database()
+
+    sqitch_ok("deploy", db)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert schemas(conn) == {"payments", "metadata"}
+        assert conn.execute("SELECT currency, queue FROM payments.config").fetchone() == (
+            "USD",
+            "payments",
+        )
+        comment = conn.execute(
+            "SELECT obj_description('metadata.river_job'::regclass, 'pg_class')"
+        ).fetchone()
+        assert comment == ("created by payment-worker (sqitch change river_schema)",)
+
+    sqitch_ok("revert", db, "-y")
+    with connect(db) as conn:
+        assert schemas(conn) == set()
+        assert conn.execute(
+            "SELECT count(*) FROM pg_proc WHERE proname IN"
+            " ('create_payment_intent_sync', 'get_payment')"
+        ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'dblink'"
+        ).fetchone() == (0,)
+
+    sqitch_ok("deploy", db)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert schemas(conn) == {"payments", "metadata"}
+        # Deployed for real: a payment gets its job, and its job notifies.
+        conn.execute("INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')")
+        job = conn.execute("SELECT kind, queue, state FROM metadata.river_job").fetchone()
+        assert job == ("create_payment_intent", "payments", "available")
+
+
+def test_deploy_with_currency_eur(empty_database: MakeDatabase) -> None:
+    db = empty_database()
+
+    sqitch_ok("deploy", db, "--set", "currency=EUR")
+
+    with connect(db) as conn:
+        assert conn.execute("SELECT currency FROM payments.config").fetchone() == ("EUR",)
+        # The RPC charges in it: validation quotes EUR's limits.
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="for EUR, got 10"):
+            conn.execute("SELECT create_payment_intent_sync(10, 'x')")
+
+
+def test_an_existing_river_install_survives_revert(empty_database: MakeDatabase) -> None:
+    db = empty_database()
+    sqitch_ok("deploy", db)
+    with connect(db) as conn:
+        # As if River's own migrations had made the tables: no marker of ours.
+        conn.execute("COMMENT ON TABLE metadata.river_job IS NULL")
+        row = conn.execute(
+            "INSERT INTO metadata.river_job (kind, args, max_attempts, queue)"
+            " VALUES ('send_email', '{\"to\": \"a@example.com\"}', 25, 'default') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        river_job_id = row[0]
+
+    sqitch_ok("revert", db, "-y")
+
+    with connect(db) as conn:
+        assert schemas(conn) == {"metadata"}
+        tables = {
+            row[0]
+            for row in conn.execute(
+                "SELECT relname FROM pg_class WHERE relnamespace = 'metadata'::regnamespace"
+                " AND relkind = 'r'"
+            )
+        }
+        assert {
+            "river_job",
+            "river_migration",
+            "river_queue",
+            "river_leader",
+            "river_client",
+            "river_client_queue",
+        } <= tables
+        assert conn.execute("SELECT id, kind, state FROM metadata.river_job").fetchall() == [
+            (river_job_id, "send_email", "available")
+        ]
+        # Our trigger went with our change; River's data stayed.
+        assert conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'metadata.river_job'::regclass"
+            " AND tgname = 'river_job_notify_insert'"
+        ).fetchone() == (0,)
+
+    sqitch_ok("deploy", db)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert schemas(conn) == {"payments", "metadata"}
+        assert conn.execute("SELECT id, kind FROM metadata.river_job").fetchall() == [
+            (river_job_id, "send_email")
+        ]
+        comment = conn.execute(
+            "SELECT obj_description('metadata.river_job'::regclass, 'pg_class')"
+        ).fetchone()
+        assert comment == (None,), "River's table must not be claimed as ours"
+
+
+def test_a_river_install_older_than_migration_006_is_refused(
+    empty_database: MakeDatabase,
+) -> None:
+    db = empty_database()
+    with connect(db) as conn:
+        conn.execute("CREATE SCHEMA metadata")
+        conn.execute(
+            "CREATE TABLE metadata.river_job (id bigserial PRIMARY KEY, args jsonb NOT NULL,"
+            " kind text NOT NULL, queue text NOT NULL DEFAULT 'default')"
+        )
+        conn.execute("INSERT INTO metadata.river_job (args, kind) VALUES ('{}', 'old_job')")
+
+    result = pg.sqitch("deploy", db, check=False)
+
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "metadata.river_job exists but predates River migration 006" in output
+    with connect(db) as conn:
+        assert schemas(conn) == {"metadata"}
+        assert conn.execute("SELECT kind FROM metadata.river_job").fetchall() == [("old_job",)]
+        assert conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'metadata'::regnamespace"
+            " AND relkind = 'r'"
+        ).fetchone() == (1,)
+
+
+# What River's migration 007 ("main" line) does to the schema, in schema `metadata`.
+RIVER_MIGRATION_007 = [
+    """CREATE TABLE metadata.river_notification (
+        id bigserial PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        payload text NOT NULL,
+        topic text NOT NULL,
+        CONSTRAINT topic_length CHECK (length(topic) > 0 AND length(topic) < 128)
+    )""",
+    "CREATE INDEX river_notification_created_at_idx ON metadata.river_notification (created_at)",
+    "CREATE INDEX river_notification_topic_id_idx ON metadata.river_notification (topic, id)",
+    "DROP TABLE metadata.river_client_queue",
+    "DROP TABLE metadata.river_client",
+    "ALTER TABLE metadata.river_job ALTER COLUMN max_attempts SET DEFAULT 25",
+    "ALTER TABLE metadata.river_queue ALTER COLUMN updated_at SET DEFAULT CURRENT_TIMESTAMP",
+    "INSERT INTO metadata.river_migration (line, version) VALUES ('main', 7)",
+]
+
+
+def test_river_migration_007_applies_to_the_deployed_schema(
+    empty_database: MakeDatabase,
+) -> None:
+    db = empty_database()
+    sqitch_ok("deploy", db)
+
+    with connect(db) as conn:
+        with conn.transaction():
+            for statement in RIVER_MIGRATION_007:
+                conn.execute(statement)
+
+        versions = conn.execute(
+            "SELECT version FROM metadata.river_migration WHERE line = 'main' ORDER BY version"
+        ).fetchall()
+        assert versions == [(v,) for v in range(1, 8)]
+        # Our side still works on the migrated tables.
+        conn.execute("INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')")
+        job = conn.execute("SELECT kind, max_attempts FROM metadata.river_job").fetchone()
+        assert job == ("create_payment_intent", 5)
+
+    sqitch_ok("verify", db)
