@@ -92,12 +92,14 @@ def test_a_whole_worker_runs_as_a_payment_worker_login(
             result = row[0]
             assert result["status"] == "pending"
             # Through the scheduler too: a retry needs UPDATE and pg_notify, nothing more.
-            payment_id = insert_payment(conn)
-            conn.execute(
-                "UPDATE metadata.river_job SET state = 'retryable',"
-                " scheduled_at = now() - interval '1 s' WHERE args->>'payment_id' = %s",
-                (str(payment_id),),
-            )
+            # Committed together, so the job is never seen available before it is retryable.
+            with conn.transaction():
+                payment_id = insert_payment(conn)
+                conn.execute(
+                    "UPDATE metadata.river_job SET state = 'retryable',"
+                    " scheduled_at = now() - interval '1 s' WHERE args->>'payment_id' = %s",
+                    (str(payment_id),),
+                )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 status = conn.execute(
