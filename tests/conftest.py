@@ -5,6 +5,7 @@ and the Stripe stand-in in a subprocess."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -23,7 +24,8 @@ pw_server = factories.postgresql_noproc(
     port=pg.PORT,
     user=pg.USER,
     password=pg.PASSWORD,
-    dbname="payment_worker_test",
+    # Per session: two test runs against one server must not share a template.
+    dbname=f"payment_worker_test_{os.getpid()}",
     load=[pg.deploy_schema],
 )
 pw_database = factories.postgresql("pw_server")
