@@ -320,6 +320,8 @@ def test_logs_are_json_lines_without_secrets(
         assert record["pid"] in spawned, line
         levels[record["level"]] += 1
     assert levels["INFO"] and levels["WARNING"] and levels["ERROR"], levels
+    own = Counter(sup.supervisord_lines())
+    assert max(own.values()) == 1, "supervisord prints each of its lines once"
     worker_lines = [r for r in sup.json_lines() if spawned[r["pid"]].startswith("worker-0")]
     assert {spawned[r["pid"]] for r in worker_lines} == {"worker-00", "worker-01"}
 
