@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# run.sh: what `make run` runs, through scripts/with-env.sh (which exports .run/pg.env and
+# puts psql and sqitch on PATH). Deploys the schema, picks a Stripe (the real one or the
+# stand-in), prints a psql line to try, then runs supervisord in the foreground until
+# Ctrl-C (or SIGTERM), which stops everything, stand-in included.
+#
+# Environment (everything else, e.g. RIVER_WORKER_COUNT or LOG_LEVEL, reaches the workers):
+#   DATABASE_URL     the database (default: payment_worker on the server of .run/pg.env,
+#                    created if missing)
+#   STRIPE_API_KEY   without STRIPE_API_BASE: the real Stripe API with this key
+#   STRIPE_API_BASE  a Stripe-compatible server to use as it is (no stand-in is started)
+#   STANDIN_PORT     the stand-in's port (default 12111; 0 picks a free one)
+# Passwords and API keys are never printed.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO"
+
+# supervisord and every program reopen /dev/stdout (supervisord.conf): into a regular file
+# (`make run >run.log`) only O_APPEND keeps their writes from overwriting each other.
+if [[ -f /dev/stdout ]]; then exec >>/dev/stdout; fi
+if [[ -f /dev/stderr ]]; then exec 2>>/dev/stderr; fi
+
+VENV_BIN=$REPO/.venv/bin
+[[ -x $VENV_BIN/supervisord ]] || die ".venv has no supervisord: run 'make venv' first"
+export PATH=$VENV_BIN:$PATH
+SQITCH=${PW_SQITCH:-sqitch}
+
+SUP_PID=
+STANDIN_PID=
+STANDIN_LOG_PID=
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/pw-run.XXXXXX")
+
+# shellcheck disable=SC2317  # run by the EXIT trap
+cleanup() {
+  local rc=$?
+  trap - INT TERM
+  if [[ -n $SUP_PID ]] && kill -0 "$SUP_PID" 2>/dev/null; then
+    kill -TERM "$SUP_PID" 2>/dev/null || true
+    wait "$SUP_PID" 2>/dev/null || true
+  fi
+  if [[ -n $STANDIN_PID ]] && kill -0 "$STANDIN_PID" 2>/dev/null; then
+    kill -TERM "$STANDIN_PID" 2>/dev/null || true
+    wait "$STANDIN_PID" 2>/dev/null || true
+  fi
+  [[ -z $STANDIN_LOG_PID ]] || wait "$STANDIN_LOG_PID" 2>/dev/null || true
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# url_parts URL: shell assignments U_SAFE (URL without password), U_PASSWORD, U_TARGET
+# (sqitch target, without password) and U_ADMIN_DB (same server, database D: see below).
+url_parts() {
+  "$VENV_BIN/python" - "$1" "${2:-}" <<'PY'
+import shlex, sys
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+url, dbname = sys.argv[1], sys.argv[2]
+u = urlsplit(url)
+if u.scheme not in ("postgres", "postgresql"):
+    sys.exit("run.sh: error: DATABASE_URL must be a postgresql://user@host:port/dbname URL")
+netloc = u.netloc
+if u.password is not None:
+    netloc = netloc.rsplit("@", 1)
+    netloc = netloc[0].split(":", 1)[0] + "@" + netloc[1]
+safe = urlunsplit(("postgresql", netloc, u.path, u.query, ""))
+values = {
+    "U_SAFE": safe,
+    "U_PASSWORD": unquote(u.password or ""),
+    "U_TARGET": "db:" + urlunsplit(("pg", netloc, u.path, u.query, "")),
+    "U_WITH_DB": urlunsplit((u.scheme, u.netloc, "/" + dbname, u.query, "")) if dbname else "",
+}
+for key, value in values.items():
+    print(f"{key}={shlex.quote(value)}")
+PY
+}
+
+# --- database ------------------------------------------------------------------------------
+if [[ -n ${DATABASE_URL:-} ]]; then
+  eval "$(url_parts "$DATABASE_URL")"
+  echo "database: $U_SAFE (DATABASE_URL)"
+else
+  [[ -n ${PW_ADMIN_URL:-} ]] ||
+    die "DATABASE_URL is not set and .run/pg.env was not loaded: run 'make run'"
+  eval "$(url_parts "$PW_ADMIN_URL" payment_worker)"
+  exists() { psql "$PW_ADMIN_URL" -XAtqc "SELECT 1 FROM pg_database WHERE datname = 'payment_worker'"; }
+  if [[ $(exists) != 1 ]]; then
+    psql "$PW_ADMIN_URL" -XAtqc "CREATE DATABASE payment_worker" >/dev/null ||
+      [[ $(exists) == 1 ]] || die "cannot create database payment_worker"
+    echo "database: created payment_worker"
+  fi
+  export DATABASE_URL=$U_WITH_DB
+  eval "$(url_parts "$DATABASE_URL")"
+  echo "database: $U_SAFE"
+fi
+
+# Deploys whatever is not deployed yet; "Nothing to deploy (up-to-date)" otherwise.
+if [[ -n $U_PASSWORD ]]; then
+  SQITCH_PASSWORD=$U_PASSWORD "$SQITCH" --chdir schema deploy "$U_TARGET"
+else
+  "$SQITCH" --chdir schema deploy "$U_TARGET"
+fi
+unset U_PASSWORD
+
+# --- Stripe --------------------------------------------------------------------------------
+start_standin() {
+  local port_file=$TMP/standin.port i
+  # Its own session: Ctrl-C must not stop it before the workers have finished their jobs;
+  # cleanup() stops it once supervisord has exited.
+  local setsid=()
+  command -v setsid >/dev/null 2>&1 && setsid=(setsid)
+  # Its log lines, prefixed, through a FIFO so that cleanup() can wait for the last one.
+  mkfifo "$TMP/standin.log"
+  sed -u 's/^/stand-in | /' <"$TMP/standin.log" >&2 &
+  STANDIN_LOG_PID=$!
+  "${setsid[@]}" "$VENV_BIN/python" -m stripe_standin --port "${STANDIN_PORT:-12111}" \
+    --port-file "$port_file" 2>"$TMP/standin.log" &
+  STANDIN_PID=$!
+  for ((i = 0; i < 200; i++)); do
+    [[ -s $port_file ]] && break
+    kill -0 "$STANDIN_PID" 2>/dev/null ||
+      die "the stand-in exited at start (port ${STANDIN_PORT:-12111} in use? STANDIN_PORT=0 picks a free one)"
+    sleep 0.05
+  done
+  [[ -s $port_file ]] || die "the stand-in did not listen within 10 s"
+  STRIPE_API_BASE=http://127.0.0.1:$(<"$port_file")
+  export STRIPE_API_BASE
+  export STRIPE_API_KEY=${STRIPE_API_KEY:-sk_test_standin}
+  echo "stripe: the stand-in at $STRIPE_API_BASE (pid $STANDIN_PID; $STRIPE_API_BASE/_standin/stats)"
+}
+
+if [[ -n ${STRIPE_API_KEY:-} && -z ${STRIPE_API_BASE:-} ]]; then
+  case $STRIPE_API_KEY in
+    sk_live_* | rk_live_*) echo "stripe: the REAL Stripe API in LIVE mode (STRIPE_API_KEY): payments are real" ;;
+    *) echo "stripe: the real Stripe API in test mode (STRIPE_API_KEY)" ;;
+  esac
+elif [[ -n ${STRIPE_API_BASE:-} ]]; then
+  export STRIPE_API_KEY=${STRIPE_API_KEY:-sk_test_standin}
+  echo "stripe: STRIPE_API_BASE=$(sed -E 's#//[^/@]*@#//#' <<<"$STRIPE_API_BASE") (no stand-in started)"
+else
+  start_standin
+fi
+
+# --- supervisord ---------------------------------------------------------------------------
+if [[ -S .supervisor.sock ]] && supervisorctl -c supervisord.conf pid >/dev/null 2>&1; then
+  die "another supervisord (pid $(cat .supervisord.pid 2>/dev/null || echo '?')) already runs from" \
+    "this checkout; stop it first: .venv/bin/supervisorctl -c supervisord.conf shutdown"
+fi
+
+cat <<EOF
+
+Try it (in another shell):
+  psql "$U_SAFE" -c "SELECT create_payment_intent_sync(2500, 'Test payment \\\$25.00');"
+Watch the jobs:
+  psql "$U_SAFE" -c "SELECT id, state, attempt, attempted_by FROM metadata.river_job ORDER BY id DESC LIMIT 5;"
+Workers: ${RIVER_WORKER_COUNT:-1} (RIVER_WORKER_COUNT); Ctrl-C stops everything.
+
+EOF
+
+# In the background only so that this script can stop the stand-in after it: a signal is
+# passed on, and its exit status is this script's.
+supervisord -c supervisord.conf &
+SUP_PID=$!
+trap 'kill -TERM "$SUP_PID" 2>/dev/null || true' INT TERM
+status=0
+while :; do
+  status=0
+  wait "$SUP_PID" || status=$?
+  # wait returns early (128+signal) when a trap ran; supervisord may still be stopping.
+  ((status > 128)) && kill -0 "$SUP_PID" 2>/dev/null && continue
+  break
+done
+if ((status > 128)); then
+  # The trap ran just as supervisord exited: its own status is still there to collect.
+  real=0
+  wait "$SUP_PID" 2>/dev/null || real=$?
+  ((real == 127)) || status=$real
+fi
+SUP_PID=
+exit "$status"

@@ -1,0 +1,169 @@
+"""`make run`, i.e. scripts/with-env.sh scripts/run.sh: the psql line it prints works, and
+Ctrl-C stops supervisord, the workers and the stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from stripe_standin.client import StandinAdmin
+from tests.acceptance.conftest import (
+    DB_PASSWORD,
+    ROOT,
+    SOCKET,
+    base_env,
+    database_url_with_password,
+    fail_if_socket_in_use,
+    pid_alive,
+    psql_bin,
+    rpc,
+    wait_until,
+)
+from tests.pg import url as pg_url
+
+pytestmark = pytest.mark.acceptance
+
+# Settings of the worker and the stand-in a developer's shell might carry: not for this test.
+_FOREIGN = re.compile(
+    r"^(STRIPE_|STANDIN_|RIVER_|DB_|WORKER_|LOG_LEVEL$|PAYMENT_CURRENCY$|SUPERVISOR_)"
+)
+
+
+def run_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not _FOREIGN.match(k)}
+    env.update(DATABASE_URL=database_url, STANDIN_PORT="0", PW_PG_MODE="url")
+    return env
+
+
+def running_worker_pids() -> list[int]:
+    try:
+        infos = rpc("getAllProcessInfo")
+    except OSError:
+        return []
+    return [p["pid"] for p in infos if p["group"] == "worker" and p["statename"] == "RUNNING"]
+
+
+@pytest.mark.timeout(100)
+def test_make_run_prints_a_working_psql_line_and_ctrl_c_stops_everything(
+    pw_database: psycopg.Connection, tmp_path: Path
+) -> None:
+    dbname = pw_database.info.dbname
+    url = database_url_with_password(dbname)
+    assert DB_PASSWORD in url
+    fail_if_socket_in_use()
+    log_path = tmp_path / "make-run.log"
+    # Truncating, not appending, as `make run >log` would: run.sh must cope with that.
+    with log_path.open("wb") as log:
+        run = subprocess.Popen(
+            [str(ROOT / "scripts" / "with-env.sh"), str(ROOT / "scripts" / "run.sh")],
+            cwd=ROOT,
+            env=run_env(url),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+        )
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")
+
+    def alive_or_fail() -> None:
+        if run.poll() is not None:
+            pytest.fail(f"run.sh exited with status {run.returncode}:\n{output()}")
+
+    try:
+
+        def ready() -> list[int]:
+            alive_or_fail()
+            return running_worker_pids() if "Try it" in output() else []
+
+        workers = wait_until(ready, 60, lambda: f"no worker became RUNNING:\n{output()}")
+        assert len(workers) == 1
+        text = output()
+
+        # The printed lines, run as a developer pastes them into a shell.
+        rpc_line = re.search(r"^\s*(psql .*create_payment_intent_sync.*)$", text, re.M)
+        watch_line = re.search(r"^\s*(psql .*metadata\.river_job.*)$", text, re.M)
+        assert rpc_line and watch_line, text
+        safe_url = pg_url(dbname, password=None)
+        assert rpc_line.group(1) == (
+            f'psql "{safe_url}" -c '
+            "\"SELECT create_payment_intent_sync(2500, 'Test payment \\$25.00');\""
+        )
+        shell_env = {**base_env(), "PATH": f"{Path(psql_bin()).parent}:{base_env()['PATH']}"}
+        if os.environ.get("PGPASSWORD"):
+            shell_env["PGPASSWORD"] = os.environ["PGPASSWORD"]
+        paid = subprocess.run(
+            ["bash", "-c", rpc_line.group(1)],
+            env=shell_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert paid.returncode == 0, paid.stderr
+        [row] = [line.strip() for line in paid.stdout.splitlines() if '{"amount"' in line]
+        assert '"amount": 25.00' in row
+        payment = json.loads(row, parse_float=Decimal)
+        assert payment["amount"] == Decimal("25.00")
+        assert (payment["currency"], payment["status"]) == ("USD", "pending")
+        assert payment["description"] == "Test payment $25.00"
+        watched = subprocess.run(
+            ["bash", "-c", watch_line.group(1)],
+            env=shell_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert watched.returncode == 0, watched.stderr
+        assert re.search(r"\|\s*completed\s*\|\s*1\s*\|", watched.stdout), watched.stdout
+
+        standin = re.search(r"stand-in at (http://127\.0\.0\.1:\d+) \(pid (\d+)", text)
+        assert standin, text
+        standin_url, standin_pid = standin.group(1), int(standin.group(2))
+        intents = StandinAdmin(standin_url).payment_intents()
+        assert [i["payment_intent"]["metadata"]["payment_id"] for i in intents] == [
+            payment["payment_id"]
+        ]
+        supervisord_pid = rpc("getPID")
+
+        # Ctrl-C: SIGINT to the whole foreground process group.
+        stopped_at = time.monotonic()
+        os.killpg(run.pid, signal.SIGINT)
+        assert run.wait(60) == 0, output()
+        stop_seconds = time.monotonic() - stopped_at
+        for pid in [supervisord_pid, standin_pid, *workers]:
+            assert not pid_alive(pid), f"pid {pid} still runs after Ctrl-C:\n{output()}"
+        assert not SOCKET.exists()
+        assert not StandinAdmin(standin_url, timeout=1).health()
+        assert stop_seconds < 40
+
+        final = output()
+        # Whole lines only: no writer overwrote another's output.
+        for line in final.splitlines():
+            if line.startswith("{") or line.endswith("}") or '"pid": ' in line:
+                assert line.startswith("{"), line
+                assert isinstance(json.loads(line), dict), line
+        assert "worker started" in final
+        assert "\x00" not in final
+        # The stand-in outlived the workers (they may still be talking to it) and stopped.
+        assert final.rindex("stopped: worker-00 (exit status 0)") < final.rindex(
+            "stand-in | stopped"
+        )
+        assert DB_PASSWORD not in final
+        assert not re.search(r"\b(sk|rk)_(test|live)_\w", final), "an API key was printed"
+        assert payment["client_secret"] not in final
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGTERM)
+            run.wait(60)
