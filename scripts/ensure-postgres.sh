@@ -30,8 +30,8 @@ write_env() {
   tmp=$(mktemp "$RUN_DIR/pg.env.XXXXXX")
   chmod 600 "$tmp"
   {
-    echo "# Written by scripts/ensure-postgres.sh; source it with 'set -a; . .run/pg.env; set +a'."
-    for kv in "$@"; do printf '%s=%s\n' "${kv%%=*}" "$(shq "${kv#*=}")"; done
+    echo "# Written by scripts/ensure-postgres.sh; load it with '. .run/pg.env'."
+    for kv in "$@"; do printf 'export %s=%s\n' "${kv%%=*}" "$(shq "${kv#*=}")"; done
   } >"$tmp"
   mv -f "$tmp" "$PG_ENV"
 }

@@ -63,9 +63,22 @@ req_hash() {
   } | sha256sum | cut -d' ' -f1
 }
 
+# install_python: as root (or with sudo -n), install a python3 >= 3.11 from apt.
+install_python() {
+  [[ $(install_mode) == tools ]] && return 1
+  apt_install python3 python3-venv || return 1
+  find_python >/dev/null && return 0
+  # e.g. Ubuntu 22.04: python3 is 3.10, python3.11 is a separate package.
+  apt_install python3.11 python3.11-venv || return 1
+}
+
 main() {
   local py want
-  py=$(find_python) || die "need python3 >= 3.11 (found: $(python3 --version 2>&1 || echo none)); set PYTHON=/path/to/python3.11"
+  if ! py=$(find_python) && ! { install_python && py=$(find_python); }; then
+    local found=none
+    command -v python3 >/dev/null 2>&1 && found=$(python3 --version 2>&1)
+    die "need python3 >= 3.11 (python3 found: $found); install it or set PYTHON=/path/to/python3.11"
+  fi
   if ! { [[ -x $VENV/bin/python ]] && py_ok "$VENV/bin/python" && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }; then
     [[ -e $VENV ]] && note "recreating broken or outdated .venv"
     create_venv "$py"

@@ -72,11 +72,14 @@ install_mode() {
 
 _priv() { if is_root; then "$@"; else sudo -n "$@"; fi; }
 
+# apt-get update at most once an hour across the ensure scripts (stamp in .run/).
 apt_update_once() {
-  [[ ${PW_APT_UPDATED:-} == 1 ]] && return 0
+  local stamp=$RUN_DIR/apt-update.stamp
+  [[ -f $stamp && -z $(find "$stamp" -mmin +60 2>/dev/null) ]] && return 0
   note "apt-get update"
   run_quiet "apt-get update" _priv apt-get update -q
-  export PW_APT_UPDATED=1
+  mkdir -p "$RUN_DIR"
+  touch "$stamp"
 }
 
 apt_install() {
@@ -96,6 +99,8 @@ TOOLS_APT_OPTS=()
 TOOLS_SKIP=" postgresql-common postgresql-client-common ssl-cert debconf cdebconf debconf-2.0
   adduser init-system-helpers lsb-base sysvinit-utils logrotate cron locales locales-all
   tzdata ucf libc6 libc-bin dpkg perl-base "
+# LLVM only serves PostgreSQL's JIT (~100 MB unpacked); the private cluster runs jit=off.
+TOOLS_SKIP_RE='^libllvm[0-9]+$'
 
 _has_candidate() {
   # (no grep -q: with pipefail, apt-cache would die of SIGPIPE and fail the pipeline)
@@ -157,7 +162,10 @@ tools_resolve() {
   local -a queue=("$@") next order=()
   local p grp alt name provs pick satisfied
   _load_have
-  for p in "$@"; do seen[$p]=1; order+=("$p"); done
+  for p in "$@"; do
+    seen[$p]=1
+    grep -qx -- "$p" "$TOOLS/unpacked.list" 2>/dev/null || order+=("$p")
+  done
   while ((${#queue[@]})); do
     next=()
     while read -r grp; do
@@ -178,7 +186,7 @@ tools_resolve() {
       done
       ((satisfied)) && continue
       [[ -z $pick ]] && { note "warning: cannot satisfy dependency '$grp'"; continue; }
-      [[ $TOOLS_SKIP == *" $pick "* ]] && continue
+      [[ $TOOLS_SKIP == *" $pick "* || $pick =~ $TOOLS_SKIP_RE ]] && continue
       seen[$pick]=1
       order+=("$pick")
       next+=("$pick")
@@ -195,6 +203,7 @@ tools_unpack() {
   command -v dpkg >/dev/null 2>&1 || die "dpkg not found: cannot unpack $*"
   tools_apt_prepare "$1"
   mapfile -t pkgs < <(tools_resolve "$@")
+  ((${#pkgs[@]})) || return 0
   note "fetching into .tools (no root): ${pkgs[*]}"
   mkdir -p "$TOOLS/debs" "$TOOLS_ROOT"
   (cd "$TOOLS/debs" && run_quiet "apt-get download ${pkgs[*]}" \
@@ -205,6 +214,7 @@ tools_unpack() {
     [[ -n $deb ]] || die "apt-get download gave no .deb for $p"
     dpkg -x "$deb" "$TOOLS_ROOT" || die "dpkg -x $deb failed"
     echo "$p" >>"$TOOLS/unpacked.list"
+    rm -f "$deb"
   done
   # Absolute symlinks inside the packages point at /usr/...: re-point them into .tools/root.
   local link target

@@ -147,6 +147,7 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 max_connections = 200
+jit = off
 EOF
     note "initdb of the private cluster took $((SECONDS - t0))s"
   fi
