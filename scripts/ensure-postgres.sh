@@ -70,32 +70,36 @@ import os, shlex, sys
 from urllib.parse import urlsplit, urlunsplit, unquote, parse_qs
 u = urlsplit(os.environ["DATABASE_URL"])
 if u.scheme not in ("postgres", "postgresql"):
-    sys.exit("DATABASE_URL must start with postgresql:// (got %r)" % (u.scheme + "://",))
+    print("ERROR DATABASE_URL must start with postgresql:// (it starts with %s://)" % u.scheme)
+    sys.exit(0)
 qs = parse_qs(u.query)
 host = unquote(u.hostname or "") or qs.get("host", [""])[0]
 try:
     port = str(u.port or qs.get("port", ["5432"])[0])
 except ValueError:
-    sys.exit("DATABASE_URL has an invalid port")
+    print("ERROR DATABASE_URL has an invalid port")
+    sys.exit(0)
 user = unquote(u.username or "") or qs.get("user", [""])[0] or os.environ.get("USER", "")
 pw = unquote(u.password or "") if u.password is not None else qs.get("password", [""])[0]
 netloc = u.netloc
 admin = urlunsplit((u.scheme, netloc, "/postgres", u.query, ""))
-safe = u.netloc.replace(":" + u.password + "@", ":***@") if u.password else u.netloc
+hostport = netloc.rpartition("@")[2]
+safe = (u.username or "") + (":***" if u.password else "") + ("@" if u.username else "") + hostport
 safe_admin = urlunsplit((u.scheme, safe, "/postgres", "", ""))
 for k, v in (("U_HOST", host), ("U_PORT", port), ("U_USER", user), ("U_PW", pw),
              ("U_ADMIN", admin), ("U_SAFE", safe_admin)):
     print("%s=%s" % (k, shlex.quote(v)))
 PY
   ) || die "cannot parse DATABASE_URL"
+  [[ $parsed == ERROR* ]] && die "${parsed#ERROR }"
   local U_HOST U_PORT U_USER U_PW U_ADMIN U_SAFE
   eval "$parsed"
   if ! out=$(q "$U_ADMIN" "select current_setting('server_version_num')::int / 10000" 2>&1); then
-    err=$(printf '%s\n' "$out" | grep -v '^$' | tail -n 1)
+    err=$(printf '%s\n' "$out" | sed -n '/./{s/^psql: error: //;p;q}')
     die "DATABASE_URL does not answer ($U_SAFE): ${err//$U_PW/***}"
   fi
-  if [[ $(q "$U_ADMIN" "select rolsuper or rolcreatedb from pg_roles where rolname = current_user") != t ]]; then
-    note "warning: DATABASE_URL's user $U_USER is neither superuser nor allowed to create databases"
+  if [[ $(q "$U_ADMIN" "select rolsuper from pg_roles where rolname = current_user") != t ]]; then
+    note "warning: DATABASE_URL's user $U_USER is not a superuser: creating the schema's roles and extensions may fail"
   fi
   check_dblink warn "$U_ADMIN"
   local kv=(PW_PG_MODE=url PGHOST="$U_HOST" PGPORT="$U_PORT" PGUSER="$U_USER" PGDATABASE=postgres)
