@@ -1,0 +1,242 @@
+"""The Dockerfile, read as text (no Docker needed): what it copies exists and reaches the
+build context, tini is PID 1, supervisord runs as a non-root user, and requirements.txt is
+what gets installed."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+INITS = {"tini", "dumb-init"}
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+
+    def exec_form(self) -> list[str]:
+        value = json.loads(self.args)
+        assert isinstance(value, list), f"{self.keyword} must be in exec (JSON) form"
+        return [str(v) for v in value]
+
+
+def parse(text: str) -> list[Instruction]:
+    """Instructions with continuation lines joined and comments dropped."""
+    instructions: list[Instruction] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue  # comments may sit between continuation lines too
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        keyword, _, args = full.partition(" ")
+        instructions.append(Instruction(keyword.upper(), args.strip()))
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return instructions
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[Instruction]:
+    return parse(DOCKERFILE.read_text())
+
+
+def of(instructions: list[Instruction], keyword: str) -> list[Instruction]:
+    return [i for i in instructions if i.keyword == keyword]
+
+
+def copy_sources_and_dest(instruction: Instruction) -> tuple[list[str], str]:
+    args = instruction.args
+    words = instruction.exec_form() if args.startswith("[") else shlex.split(args)
+    words = [w for w in words if not w.startswith("--")]
+    return words[:-1], words[-1]
+
+
+def local_copies(instructions: list[Instruction]) -> list[Instruction]:
+    """COPY/ADD from the build context (not --from another stage)."""
+    return [
+        i
+        for i in instructions
+        if i.keyword in ("COPY", "ADD") and not re.search(r"(^|\s)--from=", i.args)
+    ]
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents wins."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        glob = pattern[1:] if negate else pattern
+        regex = _glob_regex(glob.strip().strip("/"))
+        parts = path.strip("/").split("/")
+        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+        elif glob.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif glob[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif glob[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(glob[i])
+            i += 1
+    return re.compile(out)
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = DOCKERIGNORE.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_base_image_is_python_311_slim(instructions: list[Instruction]) -> None:
+    assert [i.args for i in of(instructions, "FROM")] == ["python:3.11-slim"]
+
+
+def test_every_copy_source_exists_in_the_repo(instructions: list[Instruction]) -> None:
+    copies = local_copies(instructions)
+    assert copies
+    tracked = _git_tracked()
+    for copy in copies:
+        sources, _ = copy_sources_and_dest(copy)
+        assert sources, copy
+        for source in sources:
+            assert not any(c in source for c in "*?["), (
+                f"no globs, so nothing is silently empty: {source}"
+            )
+            path = ROOT / source
+            assert path.exists(), f"COPY {source}: no such file in the repo"
+            if tracked is not None:
+                # A clean clone (CI, a builder) has only what git tracks: an empty or
+                # untracked directory is missing there.
+                rel = source.rstrip("/")
+                assert any(t == rel or t.startswith(rel + "/") for t in tracked), (
+                    f"COPY {source}: not tracked by git, so absent from a fresh clone"
+                )
+
+
+def _git_tracked() -> set[str] | None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        return None
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=False
+    )
+    return set(result.stdout.splitlines()) if result.returncode == 0 else None
+
+
+def test_dockerignore_lets_the_sources_through_and_keeps_local_state_out(
+    instructions: list[Instruction],
+) -> None:
+    patterns = dockerignore_patterns()
+    for copy in local_copies(instructions):
+        sources, _ = copy_sources_and_dest(copy)
+        for source in sources:
+            assert not dockerignored(source, patterns), f".dockerignore drops {source}"
+            if (ROOT / source).is_dir():
+                for file in (ROOT / source).rglob("*.py"):
+                    rel = file.relative_to(ROOT).as_posix()
+                    assert not dockerignored(rel, patterns), f".dockerignore drops {rel}"
+    for local in (".venv/bin/python", ".run/pg.env", ".git/config", "tests/pg.py", ".env"):
+        assert dockerignored(local, patterns), f"{local} would be sent to the builder"
+    assert dockerignored("worker/__pycache__/config.cpython-311.pyc", patterns)
+
+
+def test_entrypoint_is_an_init_that_is_installed(instructions: list[Instruction]) -> None:
+    [entrypoint] = of(instructions, "ENTRYPOINT")
+    words = entrypoint.exec_form()
+    init = Path(words[0]).name
+    assert init in INITS, f"PID 1 must be an init ({', '.join(sorted(INITS))}), not {words[0]}"
+    installs = " ".join(i.args for i in of(instructions, "RUN"))
+    assert re.search(rf"(apt-get install|pip install)[^&;]*\b{re.escape(init)}\b", installs)
+    if init == "tini":
+        assert words[0] == "/usr/bin/tini"  # where Debian's package puts it
+        assert words[1:] == ["--"], "'--' so that CMD's own flags reach supervisord"
+
+
+def test_cmd_runs_supervisord_with_the_repo_config(instructions: list[Instruction]) -> None:
+    [cmd] = of(instructions, "CMD")
+    assert cmd.exec_form() == ["supervisord", "-c", "supervisord.conf"]
+    # ... from the working directory that holds supervisord.conf.
+    workdir = of(instructions, "WORKDIR")[-1].args
+    copied = [copy_sources_and_dest(c) for c in local_copies(instructions)]
+    [dest] = [dest for sources, dest in copied if "supervisord.conf" in sources]
+    assert dest in ("./", ".", workdir, workdir + "/", f"{workdir}/supervisord.conf")
+
+
+def test_supervisord_runs_as_a_non_root_user(instructions: list[Instruction]) -> None:
+    users = of(instructions, "USER")
+    assert users, "no USER: the container would run as root"
+    user, _, group = users[-1].args.partition(":")
+    assert user not in ("root", "0", "")
+    assert user.isdigit(), "numeric, so that Kubernetes' runAsNonRoot can check it"
+    assert group != "0"
+    # The user owns the app dir: supervisord creates its socket and pidfile there.
+    workdir = of(instructions, "WORKDIR")[-1].args
+    chowns = [i.args for i in of(instructions, "RUN") if "chown" in i.args]
+    assert any(re.search(rf"chown\s+\S+\s+{re.escape(workdir)}(\s|$|&)", c) for c in chowns)
+
+
+def test_it_installs_requirements_txt_and_nothing_else(instructions: list[Instruction]) -> None:
+    copied = {
+        source: dest
+        for c in local_copies(instructions)
+        for sources, dest in [copy_sources_and_dest(c)]
+        for source in sources
+    }
+    assert "requirements.txt" in copied
+    installs = re.findall(r"pip install\s+(?:-\S+\s+)*-r\s+(\S+)", _runs(instructions))
+    assert installs == [copied["requirements.txt"]]
+    assert "requirements-dev.txt" not in copied
+
+
+def _runs(instructions: list[Instruction]) -> str:
+    return " && ".join(i.args for i in of(instructions, "RUN"))
+
+
+def test_the_image_holds_every_program_supervisord_runs(instructions: list[Instruction]) -> None:
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    parser.read(ROOT / "supervisord.conf")
+    copied = {
+        source.rstrip("/")
+        for c in local_copies(instructions)
+        for source in copy_sources_and_dest(c)[0]
+    }
+    for section in parser.sections():
+        if section.startswith("program:"):
+            command = shlex.split(parser.get(section, "command"))
+            assert command[:2] == ["python", "-m"], command
+            package = command[2].split(".")[0]
+            assert package in copied, f"[{section}] runs {command[2]}, not copied"
+
+
+def test_nothing_is_exposed_yet(instructions: list[Instruction]) -> None:
+    # The metrics endpoint comes later; until then the workers listen on nothing.
+    assert of(instructions, "EXPOSE") == []
