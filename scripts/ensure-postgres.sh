@@ -132,6 +132,8 @@ try_local() {
 }
 
 use_private() {
+  # shellcheck disable=SC2034  # set by private_start
+  local P_PORT P_MAJOR P_BINDIR P_DATA P_SOCK P_LOG P_EXT
   private_start # sets P_PORT P_MAJOR P_BINDIR P_DATA P_SOCK P_LOG
   PSQL=$P_BINDIR/psql
   check_dblink die -h 127.0.0.1 -p "$P_PORT" -U postgres -d postgres

@@ -79,13 +79,17 @@ main() {
     command -v python3 >/dev/null 2>&1 && found=$(python3 --version 2>&1)
     die "need python3 >= 3.11 (python3 found: $found); install it or set PYTHON=/path/to/python3.11"
   fi
-  if ! { [[ -x $VENV/bin/python ]] && py_ok "$VENV/bin/python" && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }; then
+  [[ -f $REPO/requirements-dev.txt ]] || die "requirements-dev.txt not found in $REPO"
+  if [[ -x $VENV/bin/python ]] && py_ok "$VENV/bin/python"; then
+    want=$(req_hash)
+    [[ -f $STAMP && $(cat "$STAMP") == "$want" ]] && return 0
+  fi
+  if ! { [[ -x $VENV/bin/python ]] && py_ok "$VENV/bin/python" &&
+    "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }; then
     [[ -e $VENV ]] && note "recreating broken or outdated .venv"
     create_venv "$py"
   fi
-  [[ -f $REPO/requirements-dev.txt ]] || die "requirements-dev.txt not found in $REPO"
   want=$(req_hash)
-  [[ -f $STAMP && $(cat "$STAMP") == "$want" ]] && return 0
   note "pip install -r requirements-dev.txt (into .venv)"
   (cd "$REPO" && run_quiet "pip install -r requirements-dev.txt" \
     "$VENV/bin/python" -m pip install -q -r requirements-dev.txt)
