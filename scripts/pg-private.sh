@@ -138,14 +138,11 @@ private_start() {
     t0=$SECONDS
     run_quiet "initdb $P_DATA" as_pg "$P_BINDIR/initdb" -D "$P_DATA" -U postgres -A trust \
       -E UTF8 --locale="$loc" --no-instructions
-    # A throwaway test cluster: durability is not needed, speed is.
+    # `make run` keeps real payments here too: PostgreSQL's durability defaults stay.
     cat >>"$P_DATA/postgresql.conf" <<'EOF'
 
-# Added by scripts/pg-private.sh (private test cluster; host, port and socket dir are
+# Added by scripts/pg-private.sh (private cluster; host, port and socket dir are
 # given by pg_ctl -o).
-fsync = off
-synchronous_commit = off
-full_page_writes = off
 max_connections = 200
 jit = off
 EOF
