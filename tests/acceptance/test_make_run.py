@@ -44,6 +44,14 @@ def run_env(database_url: str) -> dict[str, str]:
     return env
 
 
+def _restore_pg_env(pg_env: Path, previous: bytes | None) -> None:
+    if pg_env.exists() and DB_PASSWORD.encode() in pg_env.read_bytes():
+        if previous is None:
+            pg_env.unlink()
+        else:
+            pg_env.write_bytes(previous)
+
+
 def running_worker_pids() -> list[int]:
     try:
         infos = rpc("getAllProcessInfo")
@@ -54,12 +62,17 @@ def running_worker_pids() -> list[int]:
 
 @pytest.mark.timeout(100)
 def test_make_run_prints_a_working_psql_line_and_ctrl_c_stops_everything(
-    pw_database: psycopg.Connection, tmp_path: Path
+    pw_database: psycopg.Connection, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     dbname = pw_database.info.dbname
     url = database_url_with_password(dbname)
     assert DB_PASSWORD in url
     fail_if_socket_in_use()
+    # with-env.sh rewrites the checkout's shared .run/pg.env for DATABASE_URL, password
+    # included: put the previous one back afterwards unless someone rewrote it meanwhile.
+    pg_env = ROOT / ".run" / "pg.env"
+    previous = pg_env.read_bytes() if pg_env.exists() else None
+    request.addfinalizer(lambda: _restore_pg_env(pg_env, previous))
     log_path = tmp_path / "make-run.log"
     # Truncating, not appending, as `make run >log` would: run.sh must cope with that.
     with log_path.open("wb") as log:
