@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
+from types import FrameType
 
 from worker import logs
 from worker.config import Config, ConfigError
@@ -14,9 +17,19 @@ from worker.service import (
     install_signal_handlers,
     open_pool,
 )
+from worker.supervisor_rpc import stop_self
 
 # Exit status for a configuration the process cannot run with (sysexits EX_CONFIG).
 EXIT_CONFIG = 78
+
+
+def refuse(log: logging.Logger, message: str) -> int:
+    """One clear line, then stay stopped: a restart would only say it again."""
+    log.critical(message)
+    # supervisord answers with SIGTERM; we are leaving anyway, with our own status.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop_self()
+    return EXIT_CONFIG
 
 
 def main() -> int:
@@ -24,22 +37,28 @@ def main() -> int:
         config = Config.from_env()
     except ConfigError as exc:
         logs.configure("INFO")
-        logging.getLogger("worker").critical("invalid configuration: %s", exc)
-        return EXIT_CONFIG
+        return refuse(logging.getLogger("worker"), f"invalid configuration: {exc}")
     logs.configure(config.log_level, secrets=[config.stripe_api_key, database_password(config)])
     log = logging.getLogger("worker")
+
+    stop = threading.Event()
+
+    def stop_waiting(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, stop_waiting)
+    signal.signal(signal.SIGINT, stop_waiting)
     try:
-        pool = open_pool(config)
+        pool = open_pool(config, stop)
     except StartupError as exc:
-        log.critical("cannot start: %s", exc)
-        return 1
+        log.info("not started: %s", exc)
+        return 0
     try:
-        worker = Worker(config, pool)
+        worker = Worker(config, pool, stop)
         install_signal_handlers(worker)
         worker.run()
     except StartupError as exc:
-        log.critical("cannot start: %s", exc)
-        return EXIT_CONFIG
+        return refuse(log, f"cannot start: {exc}")
     finally:
         pool.close()
     return 0

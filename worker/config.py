@@ -30,6 +30,9 @@ class Config:
     stripe_read_timeout: float
     log_level: str
     worker_id: str
+    rescue_after: float
+    completed_retention: float
+    discarded_retention: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -38,7 +41,7 @@ class Config:
         db_max = env_int(env, "DB_MAX_CONNS", 4, minimum=1)
         if db_min > db_max:
             raise ConfigError(f"DB_MIN_CONNS ({db_min}) must not exceed DB_MAX_CONNS ({db_max})")
-        return cls(
+        config = cls(
             database_url=_database_url(env),
             stripe_api_key=_stripe_api_key(env),
             stripe_api_base=_stripe_api_base(env),
@@ -53,7 +56,23 @@ class Config:
             stripe_read_timeout=_float(env, "STRIPE_READ_TIMEOUT", 30.0, minimum=0.1, maximum=80),
             log_level=_log_level(env),
             worker_id=env.get("WORKER_ID") or _default_worker_id(env),
+            rescue_after=_float(env, "RESCUE_AFTER", 900.0, minimum=60, maximum=86400),
+            completed_retention=_float(
+                env, "CLEANER_COMPLETED_RETENTION", 86400.0, minimum=60, maximum=90 * 86400
+            ),
+            discarded_retention=_float(
+                env, "CLEANER_DISCARDED_RETENTION", 7 * 86400.0, minimum=60, maximum=365 * 86400
+            ),
         )
+        # The time-based rescue must never take a job from a worker that is
+        # still, legitimately, waiting on Stripe.
+        longest_call = config.stripe_connect_timeout + config.stripe_read_timeout
+        if config.rescue_after < 2 * longest_call:
+            raise ConfigError(
+                f"RESCUE_AFTER ({config.rescue_after:g} s) must be at least twice "
+                f"STRIPE_CONNECT_TIMEOUT + STRIPE_READ_TIMEOUT ({longest_call:g} s)"
+            )
+        return config
 
 
 def _required(env: Mapping[str, str], name: str) -> str:

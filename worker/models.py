@@ -18,6 +18,10 @@ class Job:
     priority: int
     scheduled_at: datetime
     created_at: datetime
+    # Whether this worker holds the job's lease, and on which incarnation of
+    # its lease connection (a lease dies with the connection it was taken on).
+    leased: bool = False
+    lease_generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,14 @@ class PaymentIntent:
     provider_payment_id: str
     client_secret: str = field(repr=False)
     request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RescuedJob:
+    id: int
+    state: str
+    kind: str
+    attempt: int
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
+
 from worker.executor import JobExecutor
 from worker.models import Job
 from worker.store import Store
@@ -56,6 +58,10 @@ class Producer:
                 break
             try:
                 self.run_once()
+            except psycopg.OperationalError as exc:
+                # The claim connection reconnects on the next attempt.
+                log.warning("cannot claim: database unavailable", extra={"error": str(exc)})
+                self._stop.wait(min(self._poll_interval, 1.0))
             except Exception:
                 log.exception("claiming jobs failed; retrying at the next wake-up")
                 self._stop.wait(self._poll_interval)
@@ -83,8 +89,6 @@ class Producer:
     def _execute(self, job: Job) -> None:
         try:
             self._executor.execute(job)
-        except Exception:
-            log.exception("job outcome could not be recorded", extra={"job_id": job.id})
         finally:
             with self._idle:
                 self._in_flight -= 1

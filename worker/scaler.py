@@ -13,10 +13,9 @@ import os
 import sys
 from typing import Any
 
-from supervisor import childutils
-
 from worker import logs
 from worker.config import ConfigError, env_int
+from worker.supervisor_rpc import rpc as supervisor_rpc
 
 GROUP = "worker"
 MAX_WORKERS = 32
@@ -37,7 +36,7 @@ def main() -> int:
     except ConfigError as exc:
         log.critical("invalid configuration: %s", exc)
         return EXIT_CONFIG
-    rpc = childutils.getRPCInterface(os.environ)
+    rpc = supervisor_rpc()
     names = worker_names(rpc)
     if len(names) < count:
         log.critical(

@@ -14,44 +14,62 @@ from worker.config import Config
 from worker.executor import JobExecutor
 from worker.handlers import CreatePaymentIntent
 from worker.listener import InsertListener
+from worker.maintenance import Cleaner, Leadership, Rescuer, Scheduler
 from worker.producer import Producer
-from worker.scheduler import Scheduler
-from worker.store import Store
+from worker.store import KEEPALIVE_PARAMS, Store
 from worker.stripe_gateway import StripeGateway, StripeSettings
 
 log = logging.getLogger("worker")
 
 
 class StartupError(RuntimeError):
-    """The worker cannot start; the message says why and is safe to log."""
+    """The worker cannot run as configured; the message says why and is safe to log."""
 
 
 def database_password(config: Config) -> str:
     return str(psycopg.conninfo.conninfo_to_dict(config.database_url).get("password") or "")
 
 
-def open_pool(config: Config, timeout: float = 10.0) -> ConnectionPool:
-    pool = ConnectionPool(
-        config.database_url,
-        min_size=config.db_min_conns,
-        max_size=config.db_max_conns,
-        kwargs={"autocommit": True, "application_name": f"payment-worker {config.worker_id}"},
-        name="worker",
-        open=False,
-    )
-    try:
-        pool.open(wait=True, timeout=timeout)
-    except PoolTimeout:
-        pool.close()
-        raise StartupError(f"cannot connect to the database within {timeout:g} s") from None
-    return pool
+def open_pool(
+    config: Config, stop: threading.Event, attempt_timeout: float = 5.0
+) -> ConnectionPool:
+    """Opens the pool, waiting for the database as long as it takes (or until `stop`).
+
+    A worker started before its database (a container beside PostgreSQL, a
+    restart) should start working when the database does, not give up."""
+    delay = 0.5
+    while True:
+        pool = ConnectionPool(
+            config.database_url,
+            min_size=config.db_min_conns,
+            max_size=config.db_max_conns,
+            kwargs={
+                "autocommit": True,
+                "application_name": f"payment-worker {config.worker_id}",
+                **KEEPALIVE_PARAMS,
+            },
+            # A pooled connection broken by a server restart is replaced on
+            # checkout, instead of failing the job that drew it.
+            check=ConnectionPool.check_connection,
+            name="worker",
+            open=False,
+        )
+        try:
+            pool.open(wait=True, timeout=attempt_timeout)
+            return pool
+        except PoolTimeout:
+            pool.close()
+        log.warning("database not reachable yet; waiting", extra={"retry_in_s": delay})
+        if stop.wait(delay):
+            raise StartupError("stopped while waiting for the database")
+        delay = min(delay * 2, 5.0)
 
 
 class Worker:
-    def __init__(self, config: Config, pool: ConnectionPool) -> None:
+    def __init__(self, config: Config, pool: ConnectionPool, stop: threading.Event | None = None):
         self.config = config
-        self.store = Store(pool)
-        self.stop = threading.Event()
+        self.store = Store(pool, config.database_url)
+        self.stop = stop or threading.Event()
         self.wake = threading.Event()
         settings = self.store.config_get()
         if settings.currency != config.payment_currency:
@@ -81,7 +99,26 @@ class Worker:
             stop=self.stop,
         )
         self.listener = InsertListener(config.database_url, self.queue, self.wake, self.stop)
-        self.scheduler = Scheduler(self.store, queue=self.queue, wake=self.wake, stop=self.stop)
+        self.leadership = Leadership(self.store, stop=self.stop)
+        self.scheduler = Scheduler(
+            self.store, self.leadership, queue=self.queue, wake=self.wake, stop=self.stop
+        )
+        self.rescuer = Rescuer(
+            self.store,
+            self.leadership,
+            queue=self.queue,
+            wake=self.wake,
+            stop=self.stop,
+            stuck_after=config.rescue_after,
+        )
+        self.cleaner = Cleaner(
+            self.store,
+            self.leadership,
+            queue=self.queue,
+            stop=self.stop,
+            completed_retention=config.completed_retention,
+            discarded_retention=config.discarded_retention,
+        )
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
         if not self.stop.is_set():
@@ -90,10 +127,14 @@ class Worker:
         self.wake.set()
 
     def run(self) -> None:
-        threads = [
-            threading.Thread(target=self.listener.run, name="listener", daemon=True),
-            threading.Thread(target=self.scheduler.run, name="scheduler", daemon=True),
-        ]
+        loops = {
+            "listener": self.listener.run,
+            "leadership": self.leadership.run,
+            "scheduler": self.scheduler.run,
+            "rescuer": self.rescuer.run,
+            "cleaner": self.cleaner.run,
+        }
+        threads = [threading.Thread(target=f, name=n, daemon=True) for n, f in loops.items()]
         for thread in threads:
             thread.start()
         log.info(
@@ -106,9 +147,14 @@ class Worker:
                 "stripe_api_base": self.config.stripe_api_base or "Stripe",
             },
         )
-        self.producer.run()
-        for thread in threads:
-            thread.join(timeout=5)
+        try:
+            self.producer.run()
+        finally:
+            for thread in threads:
+                thread.join(timeout=5)
+            # Leases of jobs finished above were released one by one; closing
+            # also gives up the leadership at once instead of at process exit.
+            self.store.close()
         log.info("worker stopped")
 
 

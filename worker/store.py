@@ -3,22 +3,92 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from worker.models import Job, Payment, PaymentIntent, QueueSettings
+from worker.models import Job, Payment, PaymentIntent, QueueSettings, RescuedJob
 from worker.queries import QUERIES as Q
+
+# Advisory-lock namespace of this project's job leases and leader lock
+# ('pwk1'); the second key is the job id mod 2^31-1, or -1 for the leader.
+LEASE_NAMESPACE = 0x70776B31
+
+# Notice a dead peer within about 10 s instead of TCP's minutes: keepalive
+# probes on an idle socket, and a bound on unacknowledged writes.
+KEEPALIVE_PARAMS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
+class DedicatedConnection:
+    """A connection kept out of the pool because its session holds locks.
+
+    Reconnects lazily after a failure; `generation` counts incarnations, so a
+    lock taken on an earlier one is known to be gone with it."""
+
+    def __init__(self, conninfo: str, application_name: str) -> None:
+        self._conninfo = conninfo
+        self._application_name = application_name
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def execute(self, query: Any, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """Runs one autocommit statement: its rows and the generation it ran on."""
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    row_factory=dict_row,
+                    application_name=self._application_name,
+                    **KEEPALIVE_PARAMS,
+                )
+                self.generation += 1
+            try:
+                cur = self._conn.execute(query, params)
+                rows = cur.fetchall() if cur.description else []
+            except psycopg.OperationalError:
+                self._close()
+                raise
+            return rows, self.generation
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class Store:
-    """Queries against a connection pool; each public method is one transaction."""
+    """Queries against a connection pool, plus the two connections whose
+    session state matters: job leases (claims happen there too) and leadership.
+    Each public method is one transaction."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, conninfo: str | None = None) -> None:
         self._pool = pool
+        if conninfo is None:
+            conninfo = pool.conninfo if isinstance(pool.conninfo, str) else pool.conninfo()
+        self._leases = DedicatedConnection(conninfo, "payment-worker leases")
+        self._leader = DedicatedConnection(conninfo, "payment-worker leader")
+
+    def close(self) -> None:
+        """Closes the dedicated connections: every lease and the leadership go with them."""
+        self._leases.close()
+        self._leader.close()
 
     def config_get(self) -> QueueSettings:
         with self._pool.connection() as conn:
@@ -28,16 +98,70 @@ class Store:
         return QueueSettings(currency=row[0], queue=row[1])
 
     def job_get_available(self, queue: str, max_to_lock: int, attempted_by: str) -> list[Job]:
-        params = {"queue": queue, "max_to_lock": max_to_lock, "attempted_by": attempted_by}
-        with self._pool.connection() as conn:
-            rows = conn.cursor(row_factory=dict_row).execute(Q["job_get_available"], params)
-            jobs = [Job(**row) for row in rows]
+        params = {
+            "queue": queue,
+            "max_to_lock": max_to_lock,
+            "attempted_by": attempted_by,
+            "lease_namespace": LEASE_NAMESPACE,
+        }
+        rows, generation = self._leases.execute(Q["job_get_available"], params)
+        jobs = [Job(**row, lease_generation=generation) for row in rows]
         return sorted(jobs, key=lambda j: (j.priority, j.scheduled_at, j.id))
+
+    def job_lease_release(self, job: Job) -> None:
+        """Gives the job's lease back; a no-op when it died with an earlier connection."""
+        if job.leased and job.lease_generation == self._leases.generation:
+            self._leases.execute(
+                Q["job_lease_release"], {"id": job.id, "lease_namespace": LEASE_NAMESPACE}
+            )
 
     def job_schedule_due(self, queue: str, max_jobs: int) -> int:
         with self._pool.connection() as conn:
             row = conn.execute(Q["job_schedule_due"], {"queue": queue, "max": max_jobs}).fetchone()
         return 0 if row is None else int(row[0])
+
+    def job_rescue_orphaned(
+        self, queue: str, stuck_after_seconds: float, max_jobs: int, error: str
+    ) -> list[RescuedJob]:
+        params = {
+            "queue": queue,
+            "stuck_after_seconds": stuck_after_seconds,
+            "max": max_jobs,
+            "error": error,
+            "lease_namespace": LEASE_NAMESPACE,
+        }
+        with self._pool.connection() as conn:
+            rows = conn.cursor(row_factory=dict_row).execute(Q["job_rescue_orphaned"], params)
+            return [RescuedJob(**row) for row in rows]
+
+    def job_clean_finalized(
+        self, queue: str, completed_seconds: float, discarded_seconds: float, batch: int
+    ) -> int:
+        params = {
+            "queue": queue,
+            "completed_seconds": completed_seconds,
+            "discarded_seconds": discarded_seconds,
+            "batch": batch,
+        }
+        with self._pool.connection() as conn:
+            row = conn.execute(Q["job_clean_finalized"], params).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def leader_try_acquire(self) -> tuple[bool, int]:
+        """Tries for the maintenance leadership: (held, generation of the leader connection)."""
+        rows, generation = self._leader.execute(
+            Q["leader_try_acquire"], {"lease_namespace": LEASE_NAMESPACE}
+        )
+        return bool(rows[0]["pg_try_advisory_lock"]), generation
+
+    def leader_generation(self) -> int:
+        """The leader connection's incarnation now, after a round trip proves it alive."""
+        _, generation = self._leader.execute("SELECT 1", {})
+        return generation
+
+    def notify_insert(self, queue: str) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(Q["notify_insert"], {"queue": queue})
 
     def payment_get(self, payment_id: UUID) -> Payment | None:
         with self._pool.connection() as conn:

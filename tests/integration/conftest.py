@@ -40,8 +40,10 @@ def pool(database_url: str) -> Iterator[ConnectionPool]:
 
 
 @pytest.fixture
-def store(pool: ConnectionPool) -> Store:
-    return Store(pool)
+def store(pool: ConnectionPool) -> Iterator[Store]:
+    s = Store(pool)
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -156,6 +156,8 @@ def test_claim_marks_the_job_running_and_returns_it(conn: psycopg.Connection, st
         priority=3,
         scheduled_at=row["scheduled_at"],
         created_at=row["created_at"],
+        leased=True,
+        lease_generation=1,
     )
 
 
@@ -196,27 +198,25 @@ def test_claim_skips_a_locked_job_instead_of_waiting(
     locked = insert_job(conn, scheduled_at="now() - interval '1 min'")
     free = [insert_job(conn) for _ in range(3)]
     # A claim that waited for the lock would be cancelled after 2 s instead of hanging.
+    impatient = database_url + "?options=-c%20statement_timeout%3D2000"
     with (
-        ConnectionPool(
-            database_url,
-            min_size=1,
-            max_size=1,
-            kwargs={"autocommit": True, "options": "-c statement_timeout=2000"},
-        ) as impatient_pool,
+        ConnectionPool(database_url, min_size=1, max_size=1, open=True) as pool,
         psycopg.connect(database_url) as holder,
     ):
-        holder.execute("SELECT id FROM metadata.river_job WHERE id = %s FOR UPDATE", (locked,))
-        started = time.monotonic()
-        jobs = Store(impatient_pool).job_get_available(QUEUE, 10, "w")
-        elapsed = time.monotonic() - started
-        assert sorted(job.id for job in jobs) == free
-        assert elapsed < 1.0
-        assert job_row(conn, locked)["state"] == "available"
-        holder.rollback()
-        # Once the lock is gone the skipped job is claimable as usual.
-        assert [job.id for job in Store(impatient_pool).job_get_available(QUEUE, 10, "w")] == [
-            locked
-        ]
+        store = Store(pool, impatient)  # claims run on the store's own lease connection
+        try:
+            holder.execute("SELECT id FROM metadata.river_job WHERE id = %s FOR UPDATE", (locked,))
+            started = time.monotonic()
+            jobs = store.job_get_available(QUEUE, 10, "w")
+            elapsed = time.monotonic() - started
+            assert sorted(job.id for job in jobs) == free
+            assert elapsed < 1.0
+            assert job_row(conn, locked)["state"] == "available"
+            holder.rollback()
+            # Once the lock is gone the skipped job is claimable as usual.
+            assert [job.id for job in store.job_get_available(QUEUE, 10, "w")] == [locked]
+        finally:
+            store.close()
 
 
 def test_concurrent_claimers_never_claim_the_same_job(
@@ -240,6 +240,8 @@ def test_concurrent_claimers_never_claim_the_same_job(
                 claimed[name].extend(job.id for job in jobs)
         except BaseException as exc:  # reported by the main thread
             failures.append(exc)
+        finally:
+            store.close()
 
     threads = [threading.Thread(target=claimer, args=(name,)) for name in claimed]
     for thread in threads:
@@ -458,7 +460,8 @@ def test_schedule_due_honours_its_batch_size(conn: psycopg.Connection, store: St
 def claim_plan(conn: psycopg.Connection) -> dict[str, Any]:
     """EXPLAIN of the claim exactly as Store sends it, parameters bound client-side."""
     query = psycopg.ClientCursor(conn).mogrify(
-        QUERIES["job_get_available"], {"queue": QUEUE, "max_to_lock": 10, "attempted_by": "w"}
+        QUERIES["job_get_available"],
+        {"queue": QUEUE, "max_to_lock": 10, "attempted_by": "w", "lease_namespace": 1},
     )
     row = conn.execute("EXPLAIN (FORMAT JSON) " + query).fetchone()
     assert row is not None

@@ -1,0 +1,211 @@
+"""What River's leader does, done by one worker at a time: elect a leader,
+schedule due jobs, rescue jobs whose worker died, clean finished ones.
+
+Every loop has one shape: settings checked in __init__, `run()` that only
+sleeps, handles shutdown and calls `run_once()`, and `run_once()` that tests
+call directly."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+
+import psycopg
+
+from worker.store import Store
+
+log = logging.getLogger("worker.maintenance")
+
+RESCUE_ERROR = "the worker running this job stopped before recording its outcome; rescued"
+
+
+class Leadership:
+    """Holds the maintenance leadership: a session advisory lock on a connection of its own.
+
+    Followers try for it every `interval`; the leader proves its connection alive
+    as often, and stops leading the moment it cannot."""
+
+    def __init__(self, store: Store, *, stop: threading.Event, interval: float = 1.0) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self._store = store
+        self._stop = stop
+        self.interval = interval
+        self._generation: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._generation is not None
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.run_once()
+            except psycopg.Error:
+                log.warning("leader election failed; trying again", exc_info=True)
+            if self._stop.wait(self.interval):
+                return
+
+    def run_once(self) -> bool:
+        """Tries to become (or checks it still is) leader; returns whether it leads."""
+        was_leader = self.held
+        try:
+            # The lock lives as long as the connection it was taken on.
+            if self._generation is not None and self._store.leader_generation() != self._generation:
+                self._generation = None
+            if self._generation is None:
+                acquired, generation = self._store.leader_try_acquire()
+                self._generation = generation if acquired else None
+        except psycopg.OperationalError:
+            self._generation = None
+            raise
+        finally:
+            if self.held != was_leader:
+                log.info("maintenance leadership " + ("taken" if self.held else "lost"))
+        return self.held
+
+
+class LeaderLoop(ABC):
+    """A maintenance loop that does its work only while this process leads."""
+
+    name = "maintenance"
+
+    def __init__(self, leadership: Leadership, *, stop: threading.Event, interval: float) -> None:
+        if interval <= 0:
+            raise ValueError(f"{self.name}: interval must be positive")
+        self._leadership = leadership
+        self._stop = stop
+        self.interval = interval
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self._leadership.held:
+                continue
+            try:
+                self.run_once()
+            except psycopg.Error:
+                log.warning("%s failed; trying again", self.name, exc_info=True)
+
+    @abstractmethod
+    def run_once(self) -> int:
+        """One pass; returns how many jobs it changed."""
+
+
+class Scheduler(LeaderLoop):
+    """Retryable and scheduled jobs whose time has come become available."""
+
+    name = "scheduler"
+
+    def __init__(
+        self,
+        store: Store,
+        leadership: Leadership,
+        *,
+        queue: str,
+        wake: threading.Event,
+        stop: threading.Event,
+        interval: float = 0.5,
+        batch: int = 1000,
+    ) -> None:
+        super().__init__(leadership, stop=stop, interval=interval)
+        if batch < 1:
+            raise ValueError("scheduler: batch must be at least 1")
+        self._store = store
+        self._queue = queue
+        self._wake = wake
+        self._batch = batch
+
+    def run_once(self) -> int:
+        scheduled = self._store.job_schedule_due(self._queue, self._batch)
+        if scheduled:
+            # The NOTIFY wakes every worker; waking our own producer saves a hop.
+            self._wake.set()
+            log.debug("jobs made available", extra={"scheduled": scheduled})
+        return scheduled
+
+
+class Rescuer(LeaderLoop):
+    """Jobs left `running` by a dead worker run again (or are discarded at max_attempts)."""
+
+    name = "rescuer"
+
+    def __init__(
+        self,
+        store: Store,
+        leadership: Leadership,
+        *,
+        queue: str,
+        wake: threading.Event,
+        stop: threading.Event,
+        stuck_after: float = 900.0,
+        interval: float = 1.0,
+        batch: int = 1000,
+    ) -> None:
+        super().__init__(leadership, stop=stop, interval=interval)
+        if stuck_after <= 0 or batch < 1:
+            raise ValueError("rescuer: stuck_after must be positive and batch at least 1")
+        self._store = store
+        self._queue = queue
+        self._wake = wake
+        self._stuck_after = stuck_after
+        self._batch = batch
+
+    def run_once(self) -> int:
+        rescued = self._store.job_rescue_orphaned(
+            self._queue, self._stuck_after, self._batch, RESCUE_ERROR
+        )
+        for job in rescued:
+            log.warning(
+                "job rescued",
+                extra={
+                    "job_id": job.id,
+                    "kind": job.kind,
+                    "attempt": job.attempt,
+                    "state": job.state,
+                },
+            )
+        if any(job.state == "available" for job in rescued):
+            self._store.notify_insert(self._queue)
+            self._wake.set()
+        return len(rescued)
+
+
+class Cleaner(LeaderLoop):
+    """Finished jobs are deleted after their retention, oldest first, in batches."""
+
+    name = "cleaner"
+
+    def __init__(
+        self,
+        store: Store,
+        leadership: Leadership,
+        *,
+        queue: str,
+        stop: threading.Event,
+        completed_retention: float = 24 * 3600.0,
+        discarded_retention: float = 7 * 24 * 3600.0,
+        interval: float = 60.0,
+        batch: int = 1000,
+    ) -> None:
+        super().__init__(leadership, stop=stop, interval=interval)
+        if completed_retention <= 0 or discarded_retention <= 0 or batch < 1:
+            raise ValueError("cleaner: retentions must be positive and batch at least 1")
+        self._store = store
+        self._queue = queue
+        self._completed_retention = completed_retention
+        self._discarded_retention = discarded_retention
+        self._batch = batch
+
+    def run_once(self) -> int:
+        deleted = 0
+        while not self._stop.is_set():
+            batch = self._store.job_clean_finalized(
+                self._queue, self._completed_retention, self._discarded_retention, self._batch
+            )
+            deleted += batch
+            if batch < self._batch:
+                break
+        if deleted:
+            log.info("finished jobs deleted", extra={"deleted": deleted})
+        return deleted

@@ -1,0 +1,34 @@
+"""Talking back to the supervisord that runs us, through its XML-RPC interface."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from supervisor import childutils
+
+log = logging.getLogger("worker.supervisor")
+
+
+def rpc(env: Mapping[str, str] | None = None) -> Any:
+    """supervisord's XML-RPC proxy, from the variables it gives its children."""
+    return childutils.getRPCInterface(dict(os.environ if env is None else env))
+
+
+def stop_self(env: Mapping[str, str] | None = None) -> bool:
+    """Asks supervisord to leave this process stopped instead of restarting it.
+
+    For a worker that cannot run as configured: restarting it would only print
+    the same error again, forever. False when not under supervisord."""
+    env = os.environ if env is None else env
+    group, name = env.get("SUPERVISOR_GROUP_NAME"), env.get("SUPERVISOR_PROCESS_NAME")
+    if not (group and name and env.get("SUPERVISOR_SERVER_URL")):
+        return False
+    try:
+        rpc(env).supervisor.stopProcess(f"{group}:{name}", False)
+    except Exception as exc:  # supervisord gone or refusing: exiting is all that is left
+        log.warning("could not ask supervisord to keep this process stopped: %s", exc)
+        return False
+    return True
