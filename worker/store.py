@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -68,6 +68,47 @@ class DedicatedConnection:
             self._close()
 
     def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class NotificationConnection:
+    """LISTEN, on a connection of its own.
+
+    Kept out of the pool: psycopg holds a connection while it waits for
+    notifications, and a query queued behind that wait would stall."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+
+    def ensure(self) -> bool:
+        """Connects and LISTENs unless already done; True when it (re)connected."""
+        if self._conn is not None and not self._conn.closed:
+            return False
+        self._conn = psycopg.connect(
+            self._conninfo,
+            autocommit=True,
+            application_name="payment-worker listener",
+            **KEEPALIVE_PARAMS,
+        )
+        self._conn.execute(Q["listen_insert"])
+        return True
+
+    def payloads(self, timeout: float) -> Iterator[str]:
+        """The payloads that arrive within `timeout` seconds, as they arrive."""
+        if self._conn is None:
+            raise psycopg.OperationalError("not connected")
+        for notify in self._conn.notifies(timeout=timeout):
+            yield notify.payload
+
+    def ping(self) -> None:
+        if self._conn is None:
+            raise psycopg.OperationalError("not connected")
+        self._conn.execute(Q["connection_ping"])
+
+    def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None

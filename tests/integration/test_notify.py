@@ -181,3 +181,33 @@ def test_listener_wakes_on_a_payload_it_cannot_read(
 
     assert run_until_received(listening) == 1
     assert wake.is_set()
+
+
+def test_a_silent_listening_connection_is_checked_and_a_dead_one_noticed(
+    database_url: str, conn: psycopg.Connection
+) -> None:
+    wake, stop = threading.Event(), threading.Event()
+    listening = InsertListener(database_url, "payments", wake, stop, ping_interval=0.05)
+    thread = threading.Thread(target=listening.run, daemon=True)
+    try:
+        listening.run_once(timeout=0.01)
+        wake.clear()
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'payment-worker listener' AND datname = current_database()"
+        ).fetchone()
+        assert killed == (1,)
+        # No notification will ever come: only the ping can tell the line is dead.
+        with pytest.raises(psycopg.OperationalError):
+            for _ in range(100):
+                listening.run_once(timeout=0.02)
+        # run() reconnects, re-LISTENs and wakes a catch-up claim.
+        thread.start()
+        assert wake.wait(5), "no catch-up wake-up after reconnecting"
+        assert listening.listening.wait(5)
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(5)
+        else:
+            listening.run()  # returns at once when stopped, closing its connection
