@@ -31,18 +31,19 @@ RUN groupadd --system --gid 10001 app \
         --shell /usr/sbin/nologin app
 
 WORKDIR /app
+COPY common/ ./common/
 COPY worker/ ./worker/
+COPY metrics/ ./metrics/
 COPY supervisord.conf ./
 # The code stays root's, read-only to the app user; the app dir itself is the user's,
 # because supervisord puts its socket and pidfile next to supervisord.conf (%(here)s).
-# metrics/ has no files yet (git keeps no empty directory): created here, not copied.
-RUN mkdir -p metrics \
-    && python -m compileall -q worker \
+RUN python -m compileall -q common worker metrics \
     && chown app:app /app
 
 # USER rather than dropping privileges at start (su, gosu): the runtime then hands the
 # container's stdout to this user, and supervisord reopens /dev/stdout for every log.
 # Numeric, so that Kubernetes' runAsNonRoot can verify it: 10001 is app.
+EXPOSE 9187
 USER 10001:10001
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["supervisord", "-c", "supervisord.conf"]

@@ -8,7 +8,7 @@ import sys
 import threading
 from types import FrameType
 
-from worker import logs
+from common import jsonlog as logs
 from worker.config import Config, ConfigError
 from worker.service import (
     StartupError,

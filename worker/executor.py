@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from common.jsonlog import redact
+from worker import telemetry
 from worker.backoff import retry_delay
 from worker.handlers import Done, JobFailure
-from worker.logs import redact
 from worker.models import Job
 from worker.store import Store
 
@@ -62,9 +63,12 @@ class JobExecutor:
             context["payment_id"] = str(done.payment_id)
         if done.intent is not None:
             context["stripe_request_id"] = done.intent.request_id
-            ours = self._store.job_complete_with_intent(job, done.intent)
+            ours, latency = self._store.job_complete_with_intent(job, done.intent)
+            if latency is not None:
+                telemetry.PAYMENT_LATENCY.observe(latency)
         else:
             ours = self._store.job_complete(job)
+        _finished(job, "completed", started)
         context["duration_ms"] = _ms_since(started)
         if ours:
             log.info("job completed", extra=context)
@@ -99,14 +103,21 @@ class JobExecutor:
                 reason = f"gave up after {job.attempt} attempts: {failure.message}"
             failed = [(failure.payment_id, reason)] if failure.payment_id else []
             ours = self._store.job_discard(job, error, failed)
+            _finished(job, "discarded", started)
             log.error("job discarded" if ours else "job failed, no longer running", extra=context)
             return
         delay = retry_delay(job.attempt)
         ours = self._store.job_retry(job, error, delay)
+        _finished(job, "retried", started)
         context["retry_in_s"] = round(delay, 3)
         log.warning(
             "job failed, will retry" if ours else "job failed, no longer running", extra=context
         )
+
+
+def _finished(job: Job, outcome: str, started: float) -> None:
+    telemetry.JOBS_FINISHED.labels(job.kind, outcome).inc()
+    telemetry.JOB_DURATION.labels(job.kind, outcome).observe(time.perf_counter() - started)
 
 
 def _ms_since(started: float) -> float:

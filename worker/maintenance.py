@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 
 import psycopg
 
+from worker import telemetry
 from worker.store import Store
 
 log = logging.getLogger("worker.maintenance")
@@ -165,6 +166,8 @@ class Rescuer(LeaderLoop):
                     "state": job.state,
                 },
             )
+        if rescued:
+            telemetry.JOBS_RESCUED.labels(self._queue).inc(len(rescued))
         if any(job.state == "available" for job in rescued):
             self._store.notify_insert(self._queue)
             self._wake.set()

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
+from worker import telemetry
 from worker.executor import JobExecutor
 from worker.models import Job
 from worker.store import Store
@@ -50,6 +51,7 @@ class Producer:
     def run(self) -> None:
         """Until `stop`: wait to be woken, claim. Then finish the jobs in hand."""
         while not self._stop.is_set():
+            telemetry.beat()
             self._wake.wait(self._poll_interval)
             # Cleared before claiming: a NOTIFY that lands during the claim
             # sets it again and earns another claim, so none is lost.

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
-from worker import logs
+from common import jsonlog as logs
 from worker.config import ConfigError, env_int
 from worker.supervisor_rpc import rpc as supervisor_rpc
 
@@ -26,6 +27,19 @@ def worker_names(rpc: Any) -> list[str]:
     """The worker processes supervisord knows, in process-number order."""
     names = [p["name"] for p in rpc.supervisor.getAllProcessInfo() if p["group"] == GROUP]
     return sorted(names)
+
+
+def fresh_metrics_dir(directory: str) -> None:
+    """Empties prometheus-client's multiprocess directory before any worker runs.
+
+    Files left by an earlier supervisord would be summed into this one's
+    totals; this program runs once per supervisord start, before the workers."""
+    if not directory:
+        return
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
 
 
 def main() -> int:
@@ -45,6 +59,7 @@ def main() -> int:
             len(names),
         )
         return EXIT_CONFIG
+    fresh_metrics_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""))
     for name in names[:count]:
         rpc.supervisor.startProcess(f"{GROUP}:{name}", False)
     log.info("workers started", extra={"count": count, "processes": names[:count]})

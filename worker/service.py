@@ -10,6 +10,7 @@ from types import FrameType
 import psycopg.conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from worker import telemetry
 from worker.config import Config
 from worker.executor import JobExecutor
 from worker.handlers import CreatePaymentIntent
@@ -137,6 +138,7 @@ class Worker:
         threads = [threading.Thread(target=f, name=n, daemon=True) for n, f in loops.items()]
         for thread in threads:
             thread.start()
+        telemetry.WORKERS_UP.set(1)
         log.info(
             "worker started",
             extra={
@@ -150,6 +152,7 @@ class Worker:
         try:
             self.producer.run()
         finally:
+            telemetry.WORKERS_UP.set(0)
             for thread in threads:
                 thread.join(timeout=5)
             # Leases of jobs finished above were released one by one; closing

@@ -210,18 +210,24 @@ class Store:
             row = cur.execute(Q["payment_get"], {"id": payment_id}).fetchone()
         return None if row is None else Payment(**row)
 
-    def job_complete_with_intent(self, job: Job, intent: PaymentIntent) -> bool:
-        """Stores the intent and completes the job together; False if the job was no longer ours."""
+    def job_complete_with_intent(
+        self, job: Job, intent: PaymentIntent
+    ) -> tuple[bool, float | None]:
+        """Stores the intent and completes the job together.
+
+        Returns whether the job was still ours, and the payment's latency from
+        insert to now when this call is what moved it to `pending`."""
         with self._pool.connection() as conn, conn.transaction():
-            conn.execute(
+            row = conn.execute(
                 Q["payment_set_intent"],
                 {
                     "id": intent.payment_id,
                     "provider_payment_id": intent.provider_payment_id,
                     "client_secret": intent.client_secret,
                 },
-            )
-            return conn.execute(Q["job_set_completed_if_running"], {"id": job.id}).rowcount == 1
+            ).fetchone()
+            ours = conn.execute(Q["job_set_completed_if_running"], {"id": job.id}).rowcount == 1
+            return ours, None if row is None else float(row[0])
 
     def job_complete(self, job: Job) -> bool:
         with self._pool.connection() as conn:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import stripe
 from stripe.params import PaymentIntentCreateParams
 
+from worker import telemetry
 from worker.models import Payment, PaymentIntent
 
 # Errors Stripe will answer the same way however often we ask: the payment
@@ -68,14 +69,20 @@ class StripeGateway:
         if payment.description is not None:
             params["description"] = payment.description
         started = time.perf_counter()
+        outcome = "error"
         try:
             intent = self._client.v1.payment_intents.create(
                 params, {"idempotency_key": idempotency_key(payment)}
             )
+            outcome = "success"
         except stripe.StripeError as exc:
+            telemetry.STRIPE_ERRORS.labels(type(exc).__name__).inc()
             raise _failure(exc) from exc
         finally:
             self.last_duration = time.perf_counter() - started
+            telemetry.STRIPE_REQUEST_DURATION.labels("create_payment_intent", outcome).observe(
+                self.last_duration
+            )
         if intent.client_secret is None:
             raise StripeFailure(
                 "Stripe returned a PaymentIntent without client_secret",

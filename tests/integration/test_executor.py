@@ -316,7 +316,7 @@ def test_errors_and_logs_never_contain_the_api_key_or_a_client_secret(
     standin: StandinProcess,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # As worker.logs.configure leaves it at LOG_LEVEL=DEBUG: everything but the SDKs' chatter.
+    # As common.jsonlog.configure leaves it at LOG_LEVEL=DEBUG: everything but the SDKs' chatter.
     # (set_level also sets caplog's handler level, so the root's DEBUG comes last.)
     for noisy in ("stripe", "urllib3", "psycopg", "psycopg.pool"):
         caplog.set_level(logging.WARNING, logger=noisy)

@@ -237,6 +237,5 @@ def test_the_image_holds_every_program_supervisord_runs(instructions: list[Instr
             assert package in copied, f"[{section}] runs {command[2]}, not copied"
 
 
-def test_nothing_is_exposed_yet(instructions: list[Instruction]) -> None:
-    # The metrics endpoint comes later; until then the workers listen on nothing.
-    assert of(instructions, "EXPOSE") == []
+def test_only_the_metrics_port_is_exposed(instructions: list[Instruction]) -> None:
+    assert [i.args for i in of(instructions, "EXPOSE")] == ["9187"]

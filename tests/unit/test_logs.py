@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from worker import logs
+from common import jsonlog as logs
 
 
 def test_redact_known_secret_shapes() -> None:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from common import sqlfiles
 from worker import queries
 
 
 def test_parse_splits_named_blocks_and_keeps_their_comments() -> None:
     text = "-- header\n\n-- name: a\n-- why\nSELECT 1\n\n-- name: b\nSELECT 2\n"
-    assert queries.parse(text) == {"a": "-- why\nSELECT 1", "b": "SELECT 2"}
+    assert sqlfiles.parse(text) == {"a": "-- why\nSELECT 1", "b": "SELECT 2"}
 
 
 def test_duplicate_and_empty_names_are_refused() -> None:
     with pytest.raises(ValueError, match="defined twice"):
-        queries.parse("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n")
+        sqlfiles.parse("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n")
     with pytest.raises(ValueError, match="'b' is empty"):
-        queries.parse("-- name: a\nSELECT 1\n-- name: b\n\n")
+        sqlfiles.parse("-- name: a\nSELECT 1\n-- name: b\n\n")
 
 
 def test_every_query_the_store_runs_is_registered() -> None:

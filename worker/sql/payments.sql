@@ -16,6 +16,7 @@ SET status = 'pending',
     provider_payment_id = %(provider_payment_id)s,
     provider_client_secret = %(client_secret)s
 WHERE id = %(id)s AND status = 'pending_intent'
+RETURNING extract(epoch FROM clock_timestamp() - created_at)::float8 AS latency_seconds
 
 -- name: payment_set_failed
 UPDATE payments.transactions

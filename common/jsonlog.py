@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable
+from typing import TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -53,9 +54,11 @@ class RedactingJsonFormatter(JsonFormatter):
         return redact(super().format(record), self._secrets)
 
 
-def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
-    """Routes every logger to stdout as JSON; the SDKs' chatter stays at WARNING."""
-    handler = logging.StreamHandler(sys.stdout)
+def configure(
+    level: str = "INFO", secrets: Iterable[str] = (), stream: TextIO | None = None
+) -> None:
+    """Routes every logger to stdout (or `stream`) as JSON; the SDKs' chatter stays at WARNING."""
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(RedactingJsonFormatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

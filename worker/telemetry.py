@@ -1,0 +1,57 @@
+"""The worker's Prometheus metrics.
+
+Under supervisord PROMETHEUS_MULTIPROC_DIR is set, so prometheus-client keeps
+each value in a per-process file that the exporter (`python -m metrics`)
+reads and sums; recording is a write to a memory-mapped file, never a wait
+on anything outside the process. Without the variable (tests, a lone
+`python -m worker`) the values simply live in memory."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREFIX = "payment_worker_"
+
+# From a few ms (the stand-in, a warm connection) to Stripe's read timeout.
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+STRIPE_REQUEST_DURATION = Histogram(
+    PREFIX + "stripe_request_duration_seconds",
+    "Duration of Stripe API requests.",
+    ["operation", "outcome"],
+    buckets=_SECONDS,
+)
+STRIPE_ERRORS = Counter(
+    PREFIX + "stripe_errors_total", "Failed Stripe API requests, by SDK error class.", ["type"]
+)
+JOBS_FINISHED = Counter(
+    PREFIX + "jobs_finished_total",
+    "Job attempts finished, by outcome (completed, retried, discarded).",
+    ["kind", "outcome"],
+)
+JOB_DURATION = Histogram(
+    PREFIX + "job_duration_seconds",
+    "Duration of one job attempt, claim to recorded outcome.",
+    ["kind", "outcome"],
+    buckets=_SECONDS,
+)
+PAYMENT_LATENCY = Histogram(
+    PREFIX + "payment_latency_seconds",
+    "From the payment's insert to its PaymentIntent being stored (status pending).",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 120.0, 600.0),
+)
+JOBS_RESCUED = Counter(
+    PREFIX + "jobs_rescued_total", "Jobs taken back from a dead or stuck worker.", ["queue"]
+)
+WORKERS_UP = Gauge(PREFIX + "workers_up", "Live worker processes.", multiprocess_mode="livesum")
+HEARTBEAT = Gauge(
+    PREFIX + "heartbeat_timestamp_seconds",
+    "Last sign of life of any live worker (unix time).",
+    multiprocess_mode="livemax",
+)
+
+
+def beat() -> None:
+    HEARTBEAT.set(time.time())
