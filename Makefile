@@ -25,7 +25,8 @@ db: ## ensure PostgreSQL (writes .run/pg.env) and sqitch; PW_PG_MODE=private for
 	@scripts/ensure-postgres.sh
 
 test: venv ## run all tests (ensures venv, sqitch, PostgreSQL); PYTEST_ARGS='...' passes through
-	@scripts/with-env.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	@bindir=$$(scripts/ensure-prometheus.sh); \
+	PW_PROMETHEUS_BINDIR=$$bindir scripts/with-env.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # ---- run: scripts/run.sh is written separately (worker + stand-in under supervisord).
 run: venv ## run the worker locally (scripts/run.sh) against the PostgreSQL of `make db`
