@@ -24,13 +24,11 @@ db: ## ensure PostgreSQL (writes .run/pg.env) and sqitch; PW_PG_MODE=private for
 	@scripts/ensure-sqitch.sh >/dev/null
 	@scripts/ensure-postgres.sh
 
-test: venv ## run all tests (ensures venv, sqitch, PostgreSQL); PYTEST_ARGS='...' passes through
+test: venv ## run all tests (ensures venv, sqitch, PostgreSQL, promtool); PYTEST_ARGS='...' passes through
 	@bindir=$$(scripts/ensure-prometheus.sh); \
 	PW_PROMETHEUS_BINDIR=$$bindir scripts/with-env.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# ---- run: scripts/run.sh is written separately (worker + stand-in under supervisord).
-run: venv ## run the worker locally (scripts/run.sh) against the PostgreSQL of `make db`
-	@test -x scripts/run.sh || { echo "make run: scripts/run.sh is missing (not written yet)" >&2; exit 1; }
+run: venv ## schema, Stripe stand-in (unless STRIPE_API_KEY is real) and supervisord, in the foreground
 	@scripts/with-env.sh scripts/run.sh
 
 clean: ## stop the private PostgreSQL cluster and remove .run (keeps .venv and .tools)

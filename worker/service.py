@@ -89,6 +89,9 @@ class Worker:
             )
         )
         handler = CreatePaymentIntent(self.store, gateway, settings.currency)
+        for outcome in ("completed", "retried", "discarded"):
+            # Present at 0 from the start, so increase() sees the first one.
+            telemetry.JOBS_FINISHED.labels(handler.kind, outcome)
         self.producer = Producer(
             self.store,
             JobExecutor(self.store, {handler.kind: handler}),
