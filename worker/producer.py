@@ -61,9 +61,13 @@ class Producer:
             try:
                 self.run_once()
             except psycopg.OperationalError as exc:
-                # The claim connection reconnects on the next attempt.
+                # The claim connection reconnects on the next attempt, made after
+                # a pause, not at the next poll: the wake-up this claim answered
+                # (a NOTIFY, the listener's catch-up after its own reconnect) is
+                # still owed a claim.
                 log.warning("cannot claim: database unavailable", extra={"error": str(exc)})
                 self._stop.wait(min(self._poll_interval, 1.0))
+                self._wake.set()
             except Exception:
                 log.exception("claiming jobs failed; retrying at the next wake-up")
                 self._stop.wait(self._poll_interval)
