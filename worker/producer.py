@@ -78,7 +78,7 @@ class Producer:
         """Claims as many jobs as there are free slots and starts them; returns how many."""
         with self._lock:
             free = self._concurrency - self._in_flight
-        if free <= 0:
+        if free <= 0 or self._stop.is_set():
             return 0
         jobs = self._store.job_get_available(self._queue, free, self._worker_id)
         for job in jobs:

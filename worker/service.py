@@ -80,6 +80,7 @@ class Worker:
                 "refusing to start rather than charge in the wrong currency"
             )
         self.queue = settings.queue
+        telemetry.JOBS_RESCUED.labels(self.queue)  # at 0 from the start, like the outcomes
         gateway = StripeGateway(
             StripeSettings(
                 api_key=config.stripe_api_key,
