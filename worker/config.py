@@ -28,6 +28,7 @@ class Config:
     poll_interval: float
     stripe_connect_timeout: float
     stripe_read_timeout: float
+    stripe_network_retries: int
     log_level: str
     worker_id: str
     rescue_after: float
@@ -54,6 +55,7 @@ class Config:
                 env, "STRIPE_CONNECT_TIMEOUT", 5.0, minimum=0.1, maximum=60
             ),
             stripe_read_timeout=_float(env, "STRIPE_READ_TIMEOUT", 30.0, minimum=0.1, maximum=80),
+            stripe_network_retries=env_int(env, "STRIPE_NETWORK_RETRIES", 2, minimum=0, maximum=5),
             log_level=_log_level(env),
             worker_id=env.get("WORKER_ID") or _default_worker_id(env),
             rescue_after=_float(env, "RESCUE_AFTER", 900.0, minimum=60, maximum=86400),
@@ -66,11 +68,14 @@ class Config:
         )
         # The time-based rescue must never take a job from a worker that is
         # still, legitimately, waiting on Stripe.
-        longest_call = config.stripe_connect_timeout + config.stripe_read_timeout
+        longest_call = (config.stripe_network_retries + 1) * (
+            config.stripe_connect_timeout + config.stripe_read_timeout + 1.0
+        )
         if config.rescue_after < 2 * longest_call:
             raise ConfigError(
-                f"RESCUE_AFTER ({config.rescue_after:g} s) must be at least twice "
-                f"STRIPE_CONNECT_TIMEOUT + STRIPE_READ_TIMEOUT ({longest_call:g} s)"
+                f"RESCUE_AFTER ({config.rescue_after:g} s) must be at least twice the longest "
+                f"Stripe call: (STRIPE_NETWORK_RETRIES + 1) x (STRIPE_CONNECT_TIMEOUT + "
+                f"STRIPE_READ_TIMEOUT + 1 s of backoff) = {longest_call:g} s"
             )
         return config
 

@@ -87,6 +87,7 @@ class Worker:
                 api_base=config.stripe_api_base,
                 connect_timeout=config.stripe_connect_timeout,
                 read_timeout=config.stripe_read_timeout,
+                network_retries=config.stripe_network_retries,
             )
         )
         handler = CreatePaymentIntent(self.store, gateway, settings.currency)

@@ -40,6 +40,7 @@ class StripeSettings:
     api_base: str | None
     connect_timeout: float
     read_timeout: float
+    network_retries: int = 2
 
 
 def idempotency_key(payment: Payment) -> str:
@@ -55,8 +56,10 @@ class StripeGateway:
             http_client=stripe.RequestsClient(
                 timeout=(settings.connect_timeout, settings.read_timeout)
             ),
-            # Retries belong to the job queue, which records each attempt.
-            max_network_retries=0,
+            # Stripe's own advice: retry a dropped connection, a 409 or a 5xx
+            # at once, with the same idempotency key (0.5 s, then 1 s). What
+            # still fails is the job's to retry, with the queue's backoff.
+            max_network_retries=settings.network_retries,
         )
         self.last_duration = 0.0
 

@@ -49,7 +49,15 @@ def store(pool: ConnectionPool) -> Iterator[Store]:
 @pytest.fixture
 def gateway(standin: StandinProcess) -> StripeGateway:
     return StripeGateway(
-        StripeSettings(api_key=API_KEY, api_base=standin.url, connect_timeout=2, read_timeout=5)
+        # One attempt, one request: these tests look at what the queue does
+        # with each failure. The SDK's own retries have a test of their own.
+        StripeSettings(
+            api_key=API_KEY,
+            api_base=standin.url,
+            connect_timeout=2,
+            read_timeout=5,
+            network_retries=0,
+        )
     )
 
 

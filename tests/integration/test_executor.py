@@ -21,8 +21,10 @@ from stripe_standin.client import (
 from stripe_standin.process import StandinProcess
 from tests.integration.conftest import API_KEY
 from worker.executor import JobExecutor
+from worker.handlers import CreatePaymentIntent
 from worker.models import Job
 from worker.store import Store
+from worker.stripe_gateway import StripeGateway, StripeSettings
 
 QUEUE = "payments"
 CREATE_ROUTE = "POST /v1/payment_intents"
@@ -362,3 +364,24 @@ def test_errors_and_logs_never_contain_the_api_key_or_a_client_secret(
         assert "_secret_" not in text
         for secret in secrets:
             assert secret not in text
+
+
+@pytest.mark.parametrize("fault", [api_error, drop, lose_response])
+def test_the_sdk_retries_a_momentary_fault_within_the_attempt(
+    conn: psycopg.Connection, store: Store, standin: StandinProcess, fault: Any
+) -> None:
+    gateway = StripeGateway(
+        StripeSettings(API_KEY, standin.url, connect_timeout=2, read_timeout=5, network_retries=2)
+    )
+    handler = CreatePaymentIntent(store, gateway, "USD")
+    payment_id = insert_payment(conn)
+    standin.admin.script([fault()])
+    job = claim(store)
+
+    JobExecutor(store, {handler.kind: handler}).execute(job)
+
+    row = job_row(conn, job.id)
+    assert (row["state"], row["attempt"], row["errors"]) == ("completed", 1, None)
+    assert payment(conn, payment_id)["status"] == "pending"
+    assert len(standin.admin.intents_with_metadata("payment_id", str(payment_id))) == 1
+    assert standin.admin.stats()["requests"]["by_route"]["POST /v1/payment_intents"] == 2
