@@ -68,16 +68,29 @@ class Leadership:
 
 
 class LeaderLoop(ABC):
-    """A maintenance loop that does its work only while this process leads."""
+    """A maintenance loop over one queue's jobs, `batch` at a time, that does
+    its work only while this process leads."""
 
     name = "maintenance"
 
-    def __init__(self, leadership: Leadership, *, stop: threading.Event, interval: float) -> None:
-        if interval <= 0:
-            raise ValueError(f"{self.name}: interval must be positive")
+    def __init__(
+        self,
+        store: Store,
+        leadership: Leadership,
+        *,
+        queue: str,
+        stop: threading.Event,
+        interval: float,
+        batch: int,
+    ) -> None:
+        if interval <= 0 or batch < 1:
+            raise ValueError(f"{self.name}: interval must be positive and batch at least 1")
+        self._store = store
         self._leadership = leadership
+        self._queue = queue
         self._stop = stop
         self.interval = interval
+        self._batch = batch
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -109,13 +122,8 @@ class Scheduler(LeaderLoop):
         interval: float = 0.5,
         batch: int = 1000,
     ) -> None:
-        super().__init__(leadership, stop=stop, interval=interval)
-        if batch < 1:
-            raise ValueError("scheduler: batch must be at least 1")
-        self._store = store
-        self._queue = queue
+        super().__init__(store, leadership, queue=queue, stop=stop, interval=interval, batch=batch)
         self._wake = wake
-        self._batch = batch
 
     def run_once(self) -> int:
         scheduled = self._store.job_schedule_due(self._queue, self._batch)
@@ -143,14 +151,11 @@ class Rescuer(LeaderLoop):
         interval: float = 1.0,
         batch: int = 1000,
     ) -> None:
-        super().__init__(leadership, stop=stop, interval=interval)
-        if stuck_after <= 0 or batch < 1:
-            raise ValueError("rescuer: stuck_after must be positive and batch at least 1")
-        self._store = store
-        self._queue = queue
+        super().__init__(store, leadership, queue=queue, stop=stop, interval=interval, batch=batch)
+        if stuck_after <= 0:
+            raise ValueError("rescuer: stuck_after must be positive")
         self._wake = wake
         self._stuck_after = stuck_after
-        self._batch = batch
 
     def run_once(self) -> int:
         rescued = self._store.job_rescue_orphaned(
@@ -191,14 +196,11 @@ class Cleaner(LeaderLoop):
         interval: float = 60.0,
         batch: int = 1000,
     ) -> None:
-        super().__init__(leadership, stop=stop, interval=interval)
-        if completed_retention <= 0 or discarded_retention <= 0 or batch < 1:
-            raise ValueError("cleaner: retentions must be positive and batch at least 1")
-        self._store = store
-        self._queue = queue
+        super().__init__(store, leadership, queue=queue, stop=stop, interval=interval, batch=batch)
+        if completed_retention <= 0 or discarded_retention <= 0:
+            raise ValueError("cleaner: retentions must be positive")
         self._completed_retention = completed_retention
         self._discarded_retention = discarded_retention
-        self._batch = batch
 
     def run_once(self) -> int:
         deleted = 0
