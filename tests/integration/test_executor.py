@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from stripe_standin.client import (
     api_error,
@@ -20,80 +19,43 @@ from stripe_standin.client import (
 )
 from stripe_standin.process import StandinProcess
 from tests.integration.conftest import API_KEY
+from tests.integration.rows import (
+    CONFIGURED,
+    QUEUE,
+    claim,
+    db_now,
+    insert_payment,
+    job_row,
+    payment_row,
+)
 from worker.executor import JobExecutor
 from worker.handlers import CreatePaymentIntent
 from worker.models import Job
 from worker.store import Store
 from worker.stripe_gateway import StripeGateway, StripeSettings
 
-QUEUE = "payments"
 CREATE_ROUTE = "POST /v1/payment_intents"
 ERROR_KEYS = {"at", "attempt", "error", "trace"}
-
-
-def insert_payment(
-    conn: psycopg.Connection, amount: int = 2500, description: str | None = "Order 42"
-) -> UUID:
-    """A payment in the configured currency; its trigger enqueues its job."""
-    row = conn.execute(
-        "INSERT INTO payments.transactions (amount, currency, description)"
-        " SELECT %s, currency, %s FROM payments.config RETURNING id",
-        (amount, description),
-    ).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def claim(store: Store) -> Job:
-    jobs = store.job_get_available(QUEUE, 1, "test-worker")
-    assert len(jobs) == 1, "expected one job to claim"
-    return jobs[0]
 
 
 def make_due_and_claim(conn: psycopg.Connection, store: Store, job_id: int) -> Job:
     """What the scheduler does once the retry delay is over, without waiting for it."""
     conn.execute("UPDATE metadata.river_job SET scheduled_at = now() WHERE id = %s", (job_id,))
     assert store.job_schedule_due(QUEUE, 10) == 1
-    job = claim(store)
+    job = claim(store, "test-worker")
     assert job.id == job_id
     return job
-
-
-def payment(conn: psycopg.Connection, payment_id: UUID) -> dict[str, Any]:
-    row = (
-        conn.cursor(row_factory=dict_row)
-        .execute("SELECT * FROM payments.transactions WHERE id = %s", (payment_id,))
-        .fetchone()
-    )
-    assert row is not None
-    return row
-
-
-def job_row(conn: psycopg.Connection, job_id: int) -> dict[str, Any]:
-    row = (
-        conn.cursor(row_factory=dict_row)
-        .execute("SELECT * FROM metadata.river_job WHERE id = %s", (job_id,))
-        .fetchone()
-    )
-    assert row is not None
-    return row
 
 
 def creates(standin: StandinProcess) -> int:
     return int(standin.admin.stats()["requests"]["by_route"][CREATE_ROUTE])
 
 
-def db_now(conn: psycopg.Connection) -> datetime:
-    row = conn.execute("SELECT clock_timestamp()").fetchone()
-    assert row is not None
-    return row[0]
-
-
 def test_success_stores_the_intent_and_completes_the_job(
     conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
 ) -> None:
-    payment_id = insert_payment(conn, 2500, "Order 42")
-    job = claim(store)
+    payment_id = insert_payment(conn, 2500, currency=CONFIGURED, description="Order 42")
+    job = claim(store, "test-worker")
 
     executor.execute(job)
 
@@ -103,7 +65,7 @@ def test_success_stores_the_intent_and_completes_the_job(
         "usd",
         "Order 42",
     )
-    stored = payment(conn, payment_id)
+    stored = payment_row(conn, payment_id)
     assert stored["status"] == "pending"
     assert stored["provider_payment_id"] == intent["id"]
     assert stored["provider_client_secret"] == intent["client_secret"]
@@ -131,8 +93,8 @@ def test_transient_failure_makes_the_job_retryable(
     case: tuple[dict[str, Any], str],
 ) -> None:
     fault, message = case
-    payment_id = insert_payment(conn)
-    job = claim(store)
+    payment_id = insert_payment(conn, currency=CONFIGURED, description="Order 42")
+    job = claim(store, "test-worker")
     standin.admin.script([fault])
     before = db_now(conn)
 
@@ -152,7 +114,7 @@ def test_transient_failure_makes_the_job_retryable(
     assert (
         before + timedelta(seconds=0.85) <= row["scheduled_at"] <= after + timedelta(seconds=1.15)
     )
-    stored = payment(conn, payment_id)
+    stored = payment_row(conn, payment_id)
     assert (stored["status"], stored["provider_payment_id"]) == ("pending_intent", None)
     assert standin.admin.intents_with_metadata("payment_id", str(payment_id)) == []
     assert standin.admin.script_pending() == 0
@@ -162,14 +124,14 @@ def test_giving_up_after_the_last_attempt_fails_the_payment(
     conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
 ) -> None:
     conn.execute("UPDATE payments.config SET max_attempts = 2")
-    payment_id = insert_payment(conn)
+    payment_id = insert_payment(conn, currency=CONFIGURED, description="Order 42")
     standin.admin.script([api_error(), api_error()])
-    job = claim(store)
+    job = claim(store, "test-worker")
     assert job.max_attempts == 2
 
     executor.execute(job)
     assert job_row(conn, job.id)["state"] == "retryable"
-    assert payment(conn, payment_id)["status"] == "pending_intent"
+    assert payment_row(conn, payment_id)["status"] == "pending_intent"
 
     job = make_due_and_claim(conn, store, job.id)
     assert job.attempt == 2
@@ -180,7 +142,7 @@ def test_giving_up_after_the_last_attempt_fails_the_payment(
     assert row["finalized_at"] is not None
     assert [entry["attempt"] for entry in row["errors"]] == [1, 2]
     assert all(set(entry) == ERROR_KEYS for entry in row["errors"])
-    stored = payment(conn, payment_id)
+    stored = payment_row(conn, payment_id)
     assert stored["status"] == "failed"
     assert stored["error_message"] == "gave up after 2 attempts: An unknown error occurred."
     assert creates(standin) == 2
@@ -190,9 +152,9 @@ def test_giving_up_after_the_last_attempt_fails_the_payment(
 def test_card_error_fails_the_payment_at_once(
     conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
 ) -> None:
-    payment_id = insert_payment(conn)
+    payment_id = insert_payment(conn, currency=CONFIGURED, description="Order 42")
     standin.admin.script([card_declined()])
-    job = claim(store)
+    job = claim(store, "test-worker")
 
     executor.execute(job)
 
@@ -201,7 +163,7 @@ def test_card_error_fails_the_payment_at_once(
     assert row["finalized_at"] is not None
     (entry,) = row["errors"]
     assert entry["error"] == "Your card was declined."
-    stored = payment(conn, payment_id)
+    stored = payment_row(conn, payment_id)
     assert (stored["status"], stored["error_message"]) == ("failed", "Your card was declined.")
     assert stored["provider_payment_id"] is None
 
@@ -209,21 +171,21 @@ def test_card_error_fails_the_payment_at_once(
 def test_lost_response_then_retry_creates_exactly_one_intent(
     conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
 ) -> None:
-    payment_id = insert_payment(conn)
+    payment_id = insert_payment(conn, currency=CONFIGURED, description="Order 42")
     standin.admin.script([lose_response()])
-    job = claim(store)
+    job = claim(store, "test-worker")
 
     executor.execute(job)
 
     # Stripe made the intent, but the worker never heard: it must retry, not fail.
     assert job_row(conn, job.id)["state"] == "retryable"
-    assert payment(conn, payment_id)["status"] == "pending_intent"
+    assert payment_row(conn, payment_id)["status"] == "pending_intent"
     assert len(standin.admin.intents_with_metadata("payment_id", str(payment_id))) == 1
 
     executor.execute(make_due_and_claim(conn, store, job.id))
 
     (intent,) = standin.admin.intents_with_metadata("payment_id", str(payment_id))
-    stored = payment(conn, payment_id)
+    stored = payment_row(conn, payment_id)
     assert stored["status"] == "pending"
     assert stored["provider_payment_id"] == intent["id"]
     assert stored["provider_client_secret"] == intent["client_secret"]
@@ -237,20 +199,20 @@ def test_lost_response_then_retry_creates_exactly_one_intent(
 def test_a_payment_that_already_has_its_intent_is_not_sent_again(
     conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
 ) -> None:
-    payment_id = insert_payment(conn)
+    payment_id = insert_payment(conn, currency=CONFIGURED, description="Order 42")
     conn.execute(
         "UPDATE payments.transactions SET status = 'pending', provider_payment_id = 'pi_earlier',"
         " provider_client_secret = 'pi_earlier_secret_x' WHERE id = %s",
         (payment_id,),
     )
-    before = payment(conn, payment_id)
-    job = claim(store)
+    before = payment_row(conn, payment_id)
+    job = claim(store, "test-worker")
 
     executor.execute(job)
 
     row = job_row(conn, job.id)
     assert (row["state"], row["errors"]) == ("completed", None)
-    assert payment(conn, payment_id) == before
+    assert payment_row(conn, payment_id) == before
     assert standin.admin.stats()["requests"]["total"] == 0
 
 
@@ -262,7 +224,7 @@ def test_a_job_of_an_unknown_kind_is_retried_with_a_clear_error(
         " VALUES (%s, 'send_invoice', '{}', 5)",
         (QUEUE,),
     )
-    job = claim(store)
+    job = claim(store, "test-worker")
 
     executor.execute(job)
 
@@ -282,7 +244,7 @@ def test_a_missing_payment_discards_the_job(
         " VALUES (%s, 'create_payment_intent', jsonb_build_object('payment_id', %s::text), 5)",
         (QUEUE, missing),
     )
-    job = claim(store)
+    job = claim(store, "test-worker")
 
     executor.execute(job)
 
@@ -296,14 +258,14 @@ def test_a_payment_in_another_currency_fails_without_charging(
     conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
 ) -> None:
     conn.execute("UPDATE payments.config SET currency = 'EUR'")
-    payment_id = insert_payment(conn)
-    assert payment(conn, payment_id)["currency"] == "EUR"
-    job = claim(store)
+    payment_id = insert_payment(conn, currency=CONFIGURED, description="Order 42")
+    assert payment_row(conn, payment_id)["currency"] == "EUR"
+    job = claim(store, "test-worker")
 
     executor.execute(job)  # built for USD
 
     assert job_row(conn, job.id)["state"] == "discarded"
-    stored = payment(conn, payment_id)
+    stored = payment_row(conn, payment_id)
     assert stored["status"] == "failed"
     assert stored["error_message"] == (
         "payment is in EUR but this worker charges in USD (PAYMENT_CURRENCY); not charged"
@@ -323,7 +285,10 @@ def test_errors_and_logs_never_contain_the_api_key_or_a_client_secret(
     for noisy in ("stripe", "urllib3", "psycopg", "psycopg.pool"):
         caplog.set_level(logging.WARNING, logger=noisy)
     caplog.set_level(logging.DEBUG)
-    payments = [insert_payment(conn, 1000 + i) for i in range(5)]
+    payments = [
+        insert_payment(conn, 1000 + i, currency=CONFIGURED, description="Order 42")
+        for i in range(5)
+    ]
     standin.admin.script([api_error(), drop(), lose_response(), card_declined(), rate_limit()])
     jobs = store.job_get_available(QUEUE, 10, "test-worker")
     assert len(jobs) == 5
@@ -339,7 +304,7 @@ def test_errors_and_logs_never_contain_the_api_key_or_a_client_secret(
     assert len(retryable) == 4
     for job_id in retryable:
         executor.execute(make_due_and_claim(conn, store, job_id))
-    statuses = sorted(payment(conn, payment_id)["status"] for payment_id in payments)
+    statuses = sorted(payment_row(conn, payment_id)["status"] for payment_id in payments)
     assert statuses == ["failed", "pending", "pending", "pending", "pending"]
 
     secrets = [
@@ -374,14 +339,14 @@ def test_the_sdk_retries_a_momentary_fault_within_the_attempt(
         StripeSettings(API_KEY, standin.url, connect_timeout=2, read_timeout=5, network_retries=2)
     )
     handler = CreatePaymentIntent(store, gateway, "USD")
-    payment_id = insert_payment(conn)
+    payment_id = insert_payment(conn, currency=CONFIGURED, description="Order 42")
     standin.admin.script([fault()])
-    job = claim(store)
+    job = claim(store, "test-worker")
 
     JobExecutor(store, {handler.kind: handler}).execute(job)
 
     row = job_row(conn, job.id)
     assert (row["state"], row["attempt"], row["errors"]) == ("completed", 1, None)
-    assert payment(conn, payment_id)["status"] == "pending"
+    assert payment_row(conn, payment_id)["status"] == "pending"
     assert len(standin.admin.intents_with_metadata("payment_id", str(payment_id))) == 1
     assert standin.admin.stats()["requests"]["by_route"]["POST /v1/payment_intents"] == 2

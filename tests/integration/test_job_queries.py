@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -17,12 +17,19 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from tests.integration.rows import (
+    CHANNEL,
+    QUEUE,
+    claim,
+    db_now,
+    insert_payment,
+    job_row,
+    listen,
+)
 from worker.models import Job
 from worker.queries import QUERIES
 from worker.store import Store
 
-QUEUE = "payments"
-CHANNEL = "metadata.river_insert"
 INDEX = "river_job_prioritized_fetching_index"
 
 
@@ -53,34 +60,6 @@ def insert_job(
     return int(row[0])
 
 
-def job_row(conn: psycopg.Connection, job_id: int) -> dict[str, Any]:
-    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-    row = cur.execute("SELECT * FROM metadata.river_job WHERE id = %s", (job_id,)).fetchone()
-    assert row is not None
-    return row
-
-
-def db_now(conn: psycopg.Connection) -> datetime:
-    row = conn.execute("SELECT clock_timestamp()").fetchone()
-    assert row is not None
-    return row[0]
-
-
-def claim_one(store: Store, worker: str = "w") -> Job:
-    jobs = store.job_get_available(QUEUE, 1, worker)
-    assert len(jobs) == 1
-    return jobs[0]
-
-
-def insert_payment(conn: psycopg.Connection) -> UUID:
-    """A payment in pending_intent; its trigger enqueues its job in the payments queue."""
-    row = conn.execute(
-        "INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD') RETURNING id"
-    ).fetchone()
-    assert row is not None
-    return row[0]
-
-
 def payment_state(conn: psycopg.Connection, payment_id: UUID) -> tuple[str, str | None]:
     row = conn.execute(
         "SELECT status, error_message FROM payments.transactions WHERE id = %s", (payment_id,)
@@ -106,7 +85,7 @@ def test_claims_in_rivers_order_priority_then_scheduled_at_then_id(
     tied_higher_id = insert_job(conn, priority=1, scheduled_at=day(2))
     priority_4 = insert_job(conn, priority=4, scheduled_at="'2019-01-01T00:00:00Z'")
 
-    claimed = [claim_one(store).id for _ in range(5)]
+    claimed = [claim(store).id for _ in range(5)]
 
     assert claimed == [tied_lower_id, tied_higher_id, latest, priority_2_oldest, priority_4]
     assert store.job_get_available(QUEUE, 10, "w") == []
@@ -177,7 +156,7 @@ def test_attempted_by_keeps_the_last_100_entries(
 ) -> None:
     job_id = insert_job(conn, attempted_by=previous)
 
-    claim_one(store, worker="new")
+    claim(store, worker="new")
 
     assert job_row(conn, job_id)["attempted_by"] == expected
 
@@ -270,7 +249,7 @@ def test_concurrent_claimers_never_claim_the_same_job(
 
 def test_complete_finishes_a_running_job(conn: psycopg.Connection, store: Store) -> None:
     job_id = insert_job(conn)
-    job = claim_one(store)
+    job = claim(store)
     before = db_now(conn)
 
     assert store.job_complete(job) is True
@@ -286,7 +265,7 @@ def test_retry_records_the_error_and_schedules_the_next_attempt(
     conn: psycopg.Connection, store: Store
 ) -> None:
     job_id = insert_job(conn)
-    job = claim_one(store)
+    job = claim(store)
     first = error_entry(1, "first failure")
     before = db_now(conn)
 
@@ -307,7 +286,7 @@ def test_retry_records_the_error_and_schedules_the_next_attempt(
         "UPDATE metadata.river_job SET state = 'available', scheduled_at = now() WHERE id = %s",
         (job_id,),
     )
-    job = claim_one(store)
+    job = claim(store)
     second = error_entry(2, "second failure")
     assert store.job_retry(job, second, delay_seconds=0.25) is True
     row = job_row(conn, job_id)
@@ -319,7 +298,7 @@ def test_discard_finalizes_the_job_and_fails_its_payment(
     conn: psycopg.Connection, store: Store
 ) -> None:
     payment_id = insert_payment(conn)
-    job = claim_one(store)
+    job = claim(store)
     assert job.args == {"payment_id": str(payment_id)}
     entry = error_entry(1, "declined")
     before = db_now(conn)
@@ -337,7 +316,7 @@ def test_discard_and_payment_failure_are_one_transaction(
     conn: psycopg.Connection, store: Store
 ) -> None:
     payment_id = insert_payment(conn)
-    job = claim_one(store)
+    job = claim(store)
     # A NULL reason breaks payments.transactions' failure_has_reason check after the job's
     # UPDATE has run: the job's change must be rolled back with it.
     with pytest.raises(psycopg.errors.CheckViolation):
@@ -386,12 +365,6 @@ def test_outcomes_change_only_a_running_job(
 # --- job_schedule_due -------------------------------------------------------------------------
 
 
-def listen(database_url: str) -> psycopg.Connection:
-    listener = psycopg.connect(database_url, autocommit=True)
-    listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-    return listener
-
-
 def notifications(listener: psycopg.Connection, timeout: float = 0.3) -> list[tuple[str, str]]:
     return [(n.channel, n.payload) for n in listener.notifies(timeout=timeout)]
 
@@ -413,7 +386,7 @@ def test_schedule_due_makes_due_jobs_available_and_notifies_once(
         insert_job(conn, state="completed", scheduled_at=past),
     ]
     before = {job_id: job_row(conn, job_id) for job_id in untouched}
-    with listen(database_url) as listener:
+    with listen(database_url, (CHANNEL,)) as listener:
         assert store.job_schedule_due(QUEUE, 100) == 3
 
         received = notifications(listener)
@@ -437,7 +410,7 @@ def test_schedule_due_with_nothing_due_does_not_notify(
     conn: psycopg.Connection, store: Store, database_url: str
 ) -> None:
     insert_job(conn, state="retryable", scheduled_at="now() + interval '1 hour'")
-    with listen(database_url) as listener:
+    with listen(database_url, (CHANNEL,)) as listener:
         assert store.job_schedule_due(QUEUE, 100) == 0
         assert notifications(listener) == []
 

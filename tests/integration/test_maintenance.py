@@ -22,20 +22,28 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from stripe_standin.process import StandinProcess
 from tests import pg
 from tests.integration.conftest import API_KEY
+from tests.integration.rows import (
+    QUEUE,
+    claim,
+    db_now,
+    insert_payment,
+    job_id_of,
+    job_row,
+    job_row_or_none,
+    listen,
+    payment_row,
+    received_before_sentinel,
+)
+from tests.integration.waiting import wait_until
 from worker.maintenance import RESCUE_ERROR, Cleaner, LeaderLoop, Leadership, Rescuer, Scheduler
-from worker.models import Job
 from worker.store import LEASE_NAMESPACE, Store
 
-QUEUE = "payments"
 OTHER_QUEUE = "other_queue"
-CHANNEL = "metadata.river_insert"
-SENTINEL = "test.sentinel"
 ERROR_KEYS = {"at", "attempt", "error", "trace"}
 LOOP_THREAD = "loop-under-test"
 
@@ -66,16 +74,6 @@ def stop() -> Iterator[threading.Event]:
     event = threading.Event()
     yield event
     event.set()
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> float:
-    """Polls `condition` every 10 ms until it is truthy; the seconds it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what or condition}")
-        time.sleep(0.01)
-    return time.monotonic() - started
 
 
 def insert_job(
@@ -116,50 +114,9 @@ def insert_job(
     return int(row[0])
 
 
-def job_row(conn: psycopg.Connection, job_id: int) -> dict[str, Any] | None:
-    cur = conn.cursor(row_factory=dict_row)
-    return cur.execute("SELECT * FROM metadata.river_job WHERE id = %s", (job_id,)).fetchone()
-
-
 def job_state(conn: psycopg.Connection, job_id: int) -> str | None:
-    row = job_row(conn, job_id)
+    row = job_row_or_none(conn, job_id)
     return None if row is None else str(row["state"])
-
-
-def db_now(conn: psycopg.Connection) -> datetime:
-    row = conn.execute("SELECT clock_timestamp()").fetchone()
-    assert row is not None
-    return row[0]
-
-
-def insert_payment(conn: psycopg.Connection) -> UUID:
-    """A payment in pending_intent; its trigger enqueues its job in the payments queue."""
-    row = conn.execute(
-        "INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD') RETURNING id"
-    ).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def payment_row(conn: psycopg.Connection, payment_id: UUID) -> dict[str, Any]:
-    cur = conn.cursor(row_factory=dict_row)
-    row = cur.execute("SELECT * FROM payments.transactions WHERE id = %s", (payment_id,)).fetchone()
-    assert row is not None
-    return row
-
-
-def job_of(conn: psycopg.Connection, payment_id: UUID) -> int:
-    row = conn.execute(
-        "SELECT id FROM metadata.river_job WHERE args->>'payment_id' = %s", (str(payment_id),)
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def claim(store: Store, worker: str = "doomed-worker") -> Job:
-    (job,) = store.job_get_available(QUEUE, 1, worker)
-    assert job.leased
-    return job
 
 
 def lease_holder(conn: psycopg.Connection, job_id: int) -> int | None:
@@ -214,28 +171,6 @@ def try_lead(leadership: Leadership) -> bool:
         return leadership.run_once()
     except psycopg.OperationalError:
         return leadership.held
-
-
-def listen(database_url: str) -> psycopg.Connection:
-    listener = psycopg.connect(database_url, autocommit=True)
-    for channel in (CHANNEL, SENTINEL):
-        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-    return listener
-
-
-def received_before_sentinel(listener: psycopg.Connection, sender: psycopg.Connection) -> list[str]:
-    """Payloads on CHANNEL delivered before a sentinel notified now (commit order)."""
-    token = uuid4().hex
-    sender.execute("SELECT pg_notify(%s, %s)", (SENTINEL, token))
-    payloads: list[str] = []
-    deadline = time.monotonic() + 5
-    while (left := deadline - time.monotonic()) > 0:
-        for notify in listener.notifies(timeout=left):
-            if notify.channel == SENTINEL and notify.payload == token:
-                return payloads
-            if notify.channel == CHANNEL:
-                payloads.append(notify.payload)
-    raise AssertionError(f"sentinel not received within 5 s; got {payloads}")
 
 
 def make_rescuer(
@@ -364,7 +299,7 @@ LOOPS: dict[str, LoopCase] = {
             store, leadership, queue=QUEUE, stop=stop, completed_retention=60, interval=0.01
         ),
         lambda conn: insert_job(conn, state="completed", finalized_ago="2 hours"),
-        lambda conn, job_id: job_row(conn, job_id) is None,
+        lambda conn, job_id: job_row_or_none(conn, job_id) is None,
     ),
 }
 
@@ -380,13 +315,13 @@ def test_a_maintenance_loop_works_only_while_its_leadership_is_held(
     assert other.run_once() is True
     assert ours.run_once() is False
     first = make_work(conn)
-    before = job_row(conn, first)
+    before = job_row_or_none(conn, first)
     thread = threading.Thread(target=make_loop(store_b, ours, stop).run, name=LOOP_THREAD)
     thread.start()
     try:
         # Follower: twenty turns of the loop, and the work is still there, untouched.
         wait_until(lambda: ours.loop_checks >= 20, what="20 turns of the loop")
-        assert job_row(conn, first) == before
+        assert job_row_or_none(conn, first) == before
 
         # The leader goes; ours takes over and the same loop now does the work.
         store_a.close()
@@ -397,10 +332,10 @@ def test_a_maintenance_loop_works_only_while_its_leadership_is_held(
         terminate(conn, the_leader(conn))
         assert try_lead(ours) is False
         second = make_work(conn)
-        before = job_row(conn, second)
+        before = job_row_or_none(conn, second)
         checks = ours.loop_checks
         wait_until(lambda: ours.loop_checks >= checks + 20, what="20 more turns of the loop")
-        assert job_row(conn, second) == before
+        assert job_row_or_none(conn, second) == before
     finally:
         stop.set()
         thread.join(timeout=5)
@@ -469,7 +404,8 @@ def test_a_job_whose_lease_connection_died_is_made_available_at_once(
 ) -> None:
     payment_id = insert_payment(conn)
     dead = make_store()
-    job = claim(dead)
+    job = claim(dead, "doomed-worker")
+    assert job.leased
     pid = lease_holder(conn, job.id)
     assert pid is not None
     rescuer, wake = make_rescuer(make_store(), stop)
@@ -487,7 +423,6 @@ def test_a_job_whose_lease_connection_died_is_made_available_at_once(
     assert received == [json.dumps({"queue": QUEUE})]
     assert wake.is_set()
     row = job_row(conn, job.id)
-    assert row is not None
     assert (row["state"], row["attempt"], row["finalized_at"]) == ("available", 1, None)
     assert before <= row["scheduled_at"] <= after
     (entry,) = row["errors"]
@@ -502,6 +437,7 @@ def test_a_job_whose_lease_connection_died_is_made_available_at_once(
     assert rescuer.run_once() == 0
     taker = make_store()
     again = claim(taker, "live-worker")
+    assert again.leased
     assert (again.id, again.attempt) == (job.id, 2)
     assert rescuer.run_once() == 0
 
@@ -515,12 +451,12 @@ def test_a_job_leased_by_a_live_worker_is_left_alone(
     jobs = live.job_get_available(QUEUE, 10, "live-worker")
     assert len(jobs) == 2
     assert all(job.leased for job in jobs)
-    before = {job.id: job_row(conn, job.id) for job in jobs}
+    before = {job.id: job_row_or_none(conn, job.id) for job in jobs}
     rescuer, wake = make_rescuer(make_store(), stop)
 
     assert rescuer.run_once() == 0
 
-    assert {job.id: job_row(conn, job.id) for job in jobs} == before
+    assert {job.id: job_row_or_none(conn, job.id) for job in jobs} == before
     assert not wake.is_set()
     # Its worker still gives its answer, as usual.
     assert all(live.job_complete(job) for job in jobs)
@@ -541,7 +477,7 @@ def test_a_leased_job_running_longer_than_stuck_after_is_rescued_anyway(
         "UPDATE metadata.river_job SET attempted_at = now() - interval '50 s' WHERE id = %s",
         (slow.id,),
     )
-    slow_before = job_row(conn, slow.id)
+    slow_before = job_row_or_none(conn, slow.id)
     rescuer, wake = make_rescuer(make_store(), stop, stuck_after=60)
 
     assert rescuer.run_once() == 1
@@ -550,10 +486,9 @@ def test_a_leased_job_running_longer_than_stuck_after_is_rescued_anyway(
     assert lease_holder(conn, stuck.id) is not None
     assert lease_holder(conn, slow.id) is not None
     row = job_row(conn, stuck.id)
-    assert row is not None
     assert (row["state"], row["attempt"]) == ("available", 1)
     assert [entry["error"] for entry in row["errors"]] == [RESCUE_ERROR]
-    assert job_row(conn, slow.id) == slow_before
+    assert job_row_or_none(conn, slow.id) == slow_before
     assert wake.is_set()
     # The stuck worker's late answer no longer counts: the job is not running any more.
     assert stuck_worker.job_complete(stuck) is False
@@ -600,12 +535,10 @@ def test_an_orphan_at_max_attempts_is_discarded_and_fails_its_pending_payment(
 
     for p in (waiting, cancelled, answered):
         row = job_row(conn, jobs[p].id)
-        assert row is not None
         assert (row["state"], row["attempt"]) == ("discarded", 3)
         assert before <= row["finalized_at"] <= after
         assert [entry["error"] for entry in row["errors"]] == [RESCUE_ERROR]
     young_row = job_row(conn, jobs[young].id)
-    assert young_row is not None
     assert (young_row["state"], young_row["finalized_at"]) == ("available", None)
     failed = payment_row(conn, waiting)
     assert failed["status"] == "failed"
@@ -633,12 +566,12 @@ def test_the_rescuer_never_touches_another_queue(
     stuck = insert_job(conn, queue=OTHER_QUEUE, state="running", attempt=1, attempted_ago="2 hours")
     last = insert_job(conn, queue=OTHER_QUEUE, state="running", attempt=5, max_attempts=5)
     others = [orphan, stuck, last]
-    before = {job_id: job_row(conn, job_id) for job_id in others}
+    before = {job_id: job_row_or_none(conn, job_id) for job_id in others}
     rescuer, wake = make_rescuer(make_store(), stop, stuck_after=60)
 
     assert rescuer.run_once() == 0
 
-    assert {job_id: job_row(conn, job_id) for job_id in others} == before
+    assert {job_id: job_row_or_none(conn, job_id) for job_id in others} == before
     assert not wake.is_set()
     # The same rows are orphans to that queue's own rescuer: the queue alone kept them out.
     other_rescuer, _ = make_rescuer(make_store(), stop, stuck_after=60, queue=OTHER_QUEUE)
@@ -654,12 +587,12 @@ def test_jobs_not_running_are_never_rescued(
         for state in ("completed", "cancelled", "discarded", "available", "retryable", "scheduled")
     ]
     jobs.append(insert_job(conn, state="pending"))
-    before = {job_id: job_row(conn, job_id) for job_id in jobs}
+    before = {job_id: job_row_or_none(conn, job_id) for job_id in jobs}
     rescuer, _ = make_rescuer(make_store(), stop, stuck_after=60)
 
     assert rescuer.run_once() == 0
 
-    assert {job_id: job_row(conn, job_id) for job_id in jobs} == before
+    assert {job_id: job_row_or_none(conn, job_id) for job_id in jobs} == before
 
 
 @pytest.mark.parametrize("outcome", ["commit", "rollback"])
@@ -676,7 +609,8 @@ def test_a_job_whose_outcome_is_being_recorded_is_not_rescued(
     leaves an orphan to rescue."""
     insert_payment(conn)
     worker = make_store()
-    job = claim(worker)
+    job = claim(worker, "doomed-worker")
+    assert job.leased
     pid = lease_holder(conn, job.id)
     assert pid is not None
     rescuer, _ = make_rescuer(make_store(), stop)
@@ -700,7 +634,6 @@ def test_a_job_whose_outcome_is_being_recorded_is_not_rescued(
     if outcome == "commit":
         assert rescuer.run_once() == 0
         row = job_row(conn, job.id)
-        assert row is not None
         assert (row["state"], row["errors"]) == ("completed", None)
     else:
         assert rescuer.run_once() == 1
@@ -719,7 +652,7 @@ def test_a_killed_worker_process_job_is_found_by_the_very_next_rescue(
     worker's lease backend is gone finds the job."""
     standin.admin.configure(latency_ms=2000)
     payment_id = insert_payment(conn)
-    job_id = job_of(conn, payment_id)
+    job_id = job_id_of(conn, payment_id)
     log = tmp_path / "worker.log"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -773,7 +706,6 @@ def test_a_killed_worker_process_job_is_found_by_the_very_next_rescue(
     assert rescued == 1, log.read_text()
     assert elapsed < 10  # no keepalive, no stuck_after: the lease died with its connection
     row = job_row(conn, job_id)
-    assert row is not None
     assert (row["state"], row["attempted_by"]) == ("available", ["doomed-worker"])
     # The abandoned Stripe call ends inside this test, not in the next one's stand-in.
     wait_until(
@@ -832,13 +764,13 @@ def test_the_cleaner_deletes_finalized_jobs_past_their_retention(
         for state in ("running", "available", "retryable", "scheduled")
     ]
     kept.append(insert_job(conn, state="pending"))
-    kept_before = {job_id: job_row(conn, job_id) for job_id in kept}
+    kept_before = {job_id: job_row_or_none(conn, job_id) for job_id in kept}
     cleaner = make_cleaner(make_store(), stop)
 
     assert cleaner.run_once() == len(old)
 
     assert remaining(conn, old) == []
-    assert {job_id: job_row(conn, job_id) for job_id in kept} == kept_before
+    assert {job_id: job_row_or_none(conn, job_id) for job_id in kept} == kept_before
     assert cleaner.run_once() == 0
 
 

@@ -9,42 +9,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from uuid import uuid4
 
 import psycopg
 import pytest
-from psycopg import sql
 
+from tests.integration.rows import CHANNEL, listen, received_before_sentinel
 from worker.listener import InsertListener
-
-CHANNEL = "metadata.river_insert"
-SENTINEL = "test.sentinel"
 
 
 @pytest.fixture
 def listener(database_url: str) -> Iterator[psycopg.Connection]:
     """A connection listening on River's insert channel and on the sentinel channel."""
-    with psycopg.connect(database_url, autocommit=True) as listening:
-        for channel in (CHANNEL, SENTINEL):
-            listening.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+    with listen(database_url) as listening:
         yield listening
-
-
-def received_before_sentinel(
-    listener: psycopg.Connection, sender: psycopg.Connection, timeout: float = 5.0
-) -> list[str]:
-    """Payloads on CHANNEL delivered before a sentinel that `sender` notifies now."""
-    token = uuid4().hex
-    sender.execute("SELECT pg_notify(%s, %s)", (SENTINEL, token))
-    payloads: list[str] = []
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        for notify in listener.notifies(timeout=left):
-            if notify.channel == SENTINEL and notify.payload == token:
-                return payloads
-            if notify.channel == CHANNEL:
-                payloads.append(notify.payload)
-    raise AssertionError(f"sentinel not received within {timeout} s; got {payloads}")
 
 
 INSERT_JOB = (

@@ -8,66 +8,32 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from stripe_standin.process import StandinProcess
 from tests import pg
 from tests.integration.conftest import RunningWorker, worker_config
+from tests.integration.rows import QUEUE, insert_payment, job_of, payment_row
+from tests.integration.waiting import wait_until
 from worker.maintenance import RESCUE_ERROR
 from worker.models import Job
 from worker.service import Worker, open_pool
 from worker.store import LEASE_NAMESPACE, Store
 from worker.stripe_gateway import StripeGateway
 
-QUEUE = "payments"
 # Where a simulated worker takes its job from, out of the running worker's sight.
 ASIDE = "held-aside"
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> float:
-    """Polls `condition` every 10 ms until it is truthy; the seconds it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.01)
-    return time.monotonic() - started
-
-
-def insert_payment(conn: psycopg.Connection) -> UUID:
-    row = conn.execute(
-        "INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD') RETURNING id"
-    ).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def payment(conn: psycopg.Connection, payment_id: UUID) -> dict[str, Any]:
-    cur = conn.cursor(row_factory=dict_row)
-    row = cur.execute("SELECT * FROM payments.transactions WHERE id = %s", (payment_id,)).fetchone()
-    assert row is not None
-    return row
-
-
 def status(conn: psycopg.Connection, payment_id: UUID) -> str:
-    return str(payment(conn, payment_id)["status"])
-
-
-def job_of(conn: psycopg.Connection, payment_id: UUID) -> dict[str, Any]:
-    cur = conn.cursor(row_factory=dict_row)
-    row = cur.execute(
-        "SELECT * FROM metadata.river_job WHERE args->>'payment_id' = %s", (str(payment_id),)
-    ).fetchone()
-    assert row is not None
-    return row
+    return str(payment_row(conn, payment_id)["status"])
 
 
 def claim_as_another_worker(conn: psycopg.Connection, store: Store) -> tuple[UUID, Job]:
@@ -118,7 +84,7 @@ def test_a_job_whose_worker_died_is_run_again_by_a_live_worker(
     print(f"\nrun again after its worker died: {elapsed * 1000:.0f} ms")
     assert time.monotonic() - died < 10
     (intent,) = intents_for(standin, payment_id)
-    stored = payment(conn, payment_id)
+    stored = payment_row(conn, payment_id)
     assert stored["provider_payment_id"] == intent["id"]
     assert stored["provider_client_secret"] == intent["client_secret"]
     row = job_of(conn, payment_id)
@@ -151,7 +117,7 @@ def test_a_worker_that_died_after_stripe_answered_is_replayed_not_charged_twice(
     print(f"\nreplayed after a death past Stripe: {elapsed * 1000:.0f} ms")
     (intent,) = intents_for(standin, payment_id)
     assert intent["id"] == created.provider_payment_id
-    stored = payment(conn, payment_id)
+    stored = payment_row(conn, payment_id)
     assert stored["provider_payment_id"] == created.provider_payment_id
     assert stored["provider_client_secret"] == created.client_secret == intent["client_secret"]
     stats = standin.admin.stats()
@@ -317,7 +283,7 @@ def test_a_stop_request_finishes_the_job_in_hand_and_claims_nothing_more(
     stopped_after = time.monotonic() - stop_requested
 
     print(f"\nstopped {stopped_after:.2f} s after the request, its job done")
-    stored = payment(conn, in_hand)
+    stored = payment_row(conn, in_hand)
     assert stored["status"] == "pending"
     (intent,) = intents_for(standin, in_hand)
     assert stored["provider_client_secret"] == intent["client_secret"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import psycopg
 import pytest
@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 from stripe_standin.process import StandinProcess
 from tests import pg
 from tests.integration.conftest import RunningWorker, worker_config
+from tests.integration.rows import insert_payment
 from worker.service import Worker
 
 RPC = "SELECT create_payment_intent_sync(%s, %s)"
@@ -56,16 +57,6 @@ def role_url(database_url: str, role: str) -> str:
 
 def connect_as(database_url: str, role: str) -> psycopg.Connection:
     return psycopg.connect(role_url(database_url, role), autocommit=True)
-
-
-def insert_payment(conn: psycopg.Connection, user_id: str | None = None) -> UUID:
-    row = conn.execute(
-        "INSERT INTO payments.transactions (user_id, amount, currency)"
-        " VALUES (%s, 2500, 'USD') RETURNING id",
-        (user_id,),
-    ).fetchone()
-    assert row is not None
-    return row[0]
 
 
 # --- the worker's role --------------------------------------------------------------------------
@@ -159,9 +150,9 @@ def test_the_worker_role_cannot(
 def test_a_client_sees_only_its_own_payments(
     conn: psycopg.Connection, database_url: str, login_role: MakeRole
 ) -> None:
-    alice = {insert_payment(conn, "alice") for _ in range(2)}
-    bob = insert_payment(conn, "bob")
-    insert_payment(conn, None)
+    alice = {insert_payment(conn, user_id="alice") for _ in range(2)}
+    bob = insert_payment(conn, user_id="bob")
+    insert_payment(conn, user_id=None)
     with connect_as(database_url, login_role("payment_client")) as client:
         client.execute("""SELECT set_config('request.jwt.claims', '{"sub": "alice"}', false)""")
         rows = client.execute("SELECT id, user_id FROM payments.transactions").fetchall()
