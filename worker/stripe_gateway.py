@@ -23,15 +23,32 @@ _PERMANENT = (
 )
 
 
-class StripeFailure(Exception):
-    """A failed Stripe call; `message` is Stripe's own words (never a secret)."""
+# Waits before the retries within one attempt (Stripe's SDK uses the same).
+_RETRY_WAITS = (0.5, 1.0, 2.0, 2.0, 2.0)
 
-    def __init__(self, message: str, *, permanent: bool, kind: str, request_id: str | None):
+
+class StripeFailure(Exception):
+    """A failed Stripe call; `message` is Stripe's own words (never a secret).
+
+    `retry_now`: worth repeating at once within the attempt (a dropped
+    connection, a timeout, 409, 5xx); otherwise a transient failure waits
+    for the queue's backoff (429), and a permanent one is final."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool,
+        kind: str,
+        request_id: str | None,
+        retry_now: bool = False,
+    ):
         super().__init__(message)
         self.message = message
         self.permanent = permanent
         self.kind = kind
         self.request_id = request_id
+        self.retry_now = retry_now and not permanent
 
 
 @dataclass(frozen=True)
@@ -56,14 +73,19 @@ class StripeGateway:
             http_client=stripe.RequestsClient(
                 timeout=(settings.connect_timeout, settings.read_timeout)
             ),
-            # Stripe's own advice: retry a dropped connection, a 409 or a 5xx
-            # at once, with the same idempotency key (0.5 s, then 1 s). What
-            # still fails is the job's to retry, with the queue's backoff.
-            max_network_retries=settings.network_retries,
+            # Our own loop retries (below), so that each failed request is
+            # counted and timed; the SDK's would hide them.
+            max_network_retries=0,
         )
+        self._retries = settings.network_retries
         self.last_duration = 0.0
 
     def create_payment_intent(self, payment: Payment) -> PaymentIntent:
+        """Creates the payment's intent, retrying a momentary fault at once.
+
+        Stripe's own advice: a dropped connection, a timeout, a 409 or a 5xx
+        is repeated with the same idempotency key (after 0.5 s, then 1 s).
+        What still fails is the job's to retry, with the queue's backoff."""
         params: PaymentIntentCreateParams = {
             "amount": payment.amount,
             "currency": payment.currency.lower(),
@@ -71,6 +93,17 @@ class StripeGateway:
         }
         if payment.description is not None:
             params["description"] = payment.description
+        retry = 0
+        while True:
+            try:
+                return self._create_once(payment, params)
+            except StripeFailure as failure:
+                if not failure.retry_now or retry >= self._retries:
+                    raise
+            time.sleep(_RETRY_WAITS[min(retry, len(_RETRY_WAITS) - 1)])
+            retry += 1
+
+    def _create_once(self, payment: Payment, params: PaymentIntentCreateParams) -> PaymentIntent:
         started = time.perf_counter()
         outcome = "error"
         try:
@@ -108,7 +141,17 @@ def _failure(exc: stripe.StripeError) -> StripeFailure:
         permanent = True
     elif should_retry == "true":
         permanent = False
+    status = exc.http_status or 0
+    retry_now = isinstance(exc, stripe.APIConnectionError) or (
+        isinstance(exc, stripe.APIError) and (status == 409 or status >= 500)
+    )
+    if should_retry is not None:
+        retry_now = should_retry == "true"
     message = exc.user_message or type(exc).__name__
     return StripeFailure(
-        message, permanent=permanent, kind=type(exc).__name__, request_id=exc.request_id
+        message,
+        permanent=permanent,
+        kind=type(exc).__name__,
+        request_id=exc.request_id,
+        retry_now=retry_now,
     )

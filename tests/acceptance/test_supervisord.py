@@ -307,8 +307,9 @@ def test_logs_are_json_lines_without_secrets(
     declined = psql(db_url, payment_sql(2500, "declined"))
     assert declined.returncode != 0
     assert "Payment intent creation failed: Your card was declined." in declined.stderr
-    standin.admin.script([api_error()])
-    made.append(pay(db_url, 2500, "retried"))  # attempt 1 fails, attempt 2 after ~1 s
+    # Attempt 1: the request and its two immediate retries fail; attempt 2, ~1 s later, works.
+    standin.admin.script([api_error()] * 3)
+    made.append(pay(db_url, 2500, "retried"))
     assert [job["attempt"] for job in jobs(db_url)][-1] == 2
     assert sup.stop() == 0
 

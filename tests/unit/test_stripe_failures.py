@@ -46,3 +46,22 @@ def test_idempotency_key_is_stable_per_payment() -> None:
     assert idempotency_key(payment) == idempotency_key(again)
     assert idempotency_key(payment) != idempotency_key(other)
     assert str(payment.id) in idempotency_key(payment)
+
+
+@pytest.mark.parametrize(
+    ("error", "retry_now"),
+    [
+        (stripe.APIConnectionError("connection reset"), True),
+        (stripe.APIError("internal error", http_status=500), True),
+        (stripe.APIError("lock timeout", http_status=409), True),
+        (stripe.RateLimitError("Too many requests", http_status=429), False),
+        (stripe.CardError("Your card was declined.", None, "card_declined"), False),
+        (stripe.APIError("no", http_status=503, headers={"stripe-should-retry": "false"}), False),
+        (
+            stripe.RateLimitError("lock", http_status=429, headers={"stripe-should-retry": "true"}),
+            True,
+        ),
+    ],
+)
+def test_which_failures_are_repeated_at_once(error: stripe.StripeError, retry_now: bool) -> None:
+    assert _failure(error).retry_now is retry_now
