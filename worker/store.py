@@ -36,9 +36,12 @@ class DedicatedConnection:
     Reconnects lazily after a failure; `generation` counts incarnations, so a
     lock taken on an earlier one is known to be gone with it."""
 
-    def __init__(self, conninfo: str, application_name: str) -> None:
+    def __init__(
+        self, conninfo: str, application_name: str, *, synchronous_commit: bool = True
+    ) -> None:
         self._conninfo = conninfo
         self._application_name = application_name
+        self._synchronous_commit = synchronous_commit
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.Lock()
         self.generation = 0
@@ -47,13 +50,20 @@ class DedicatedConnection:
         """Runs one autocommit statement: its rows and the generation it ran on."""
         with self._lock:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(
+                conn = psycopg.connect(
                     self._conninfo,
                     autocommit=True,
                     row_factory=dict_row,
                     application_name=self._application_name,
                     **KEEPALIVE_PARAMS,
                 )
+                if not self._synchronous_commit:
+                    try:
+                        conn.execute(Q["session_asynchronous_commit"])
+                    except BaseException:
+                        conn.close()
+                        raise
+                self._conn = conn
                 self.generation += 1
             try:
                 cur = self._conn.execute(query, params)
@@ -123,7 +133,11 @@ class Store:
         self._pool = pool
         if conninfo is None:
             conninfo = pool.conninfo if isinstance(pool.conninfo, str) else pool.conninfo()
-        self._leases = DedicatedConnection(conninfo, "payment-worker leases")
+        # Claims commit without waiting for the WAL flush (see jobs.sql,
+        # session_asynchronous_commit); outcomes, on the pool, always wait for it.
+        self._leases = DedicatedConnection(
+            conninfo, "payment-worker leases", synchronous_commit=False
+        )
         self._leader = DedicatedConnection(conninfo, "payment-worker leader")
 
     def close(self) -> None:
