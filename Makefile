@@ -31,6 +31,10 @@ test: venv ## run all tests (ensures venv, sqitch, PostgreSQL, promtool); PYTEST
 run: venv ## schema, Stripe stand-in (unless STRIPE_API_KEY is real) and supervisord, in the foreground
 	@scripts/with-env.sh scripts/run.sh
 
+.PHONY: bench
+bench: venv ## benchmark: RPC latency, wake-up, throughput, RSS, vs procrastinate and pgqueuer; writes bench/RESULTS.md
+	@scripts/with-env.sh $(VENV)/bin/python -m bench $(BENCH_ARGS)
+
 clean: ## stop the private PostgreSQL cluster and remove .run (keeps .venv and .tools)
 	@scripts/stop-postgres.sh --remove
 	@rm -rf .run

@@ -1,44 +1,47 @@
 """RPC latency: N sequential create_payment_intent_sync calls on one connection.
 
-Usage: DATABASE_URL=... python bench/rpc_latency.py [N]
-Needs the schema deployed and workers running (`make run` does both). Times
-each call in-process with psycopg, from execute() to the row in hand."""
+Part of `make bench` (bench/__main__.py starts the workers and the stand-in for it).
+Alone: DATABASE_URL=... python -m bench.rpc_latency [N] against a database with the
+schema deployed and workers running (`make run` does both). Times each call in-process
+with psycopg, from execute() to the row in hand."""
 
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 
 import psycopg
 
-
-def percentile(sorted_ms: list[float], p: float) -> float:
-    index = min(len(sorted_ms) - 1, max(0, round(p / 100 * len(sorted_ms)) - 1))
-    return sorted_ms[index]
+from bench.common import summary_ms
 
 
-def main() -> int:
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 500
-    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
-        conn.execute("SELECT create_payment_intent_sync(2500, 'warm-up')")
-        timings = []
-        for i in range(calls):
+def measure(dsn: str, calls: int = 1000, warmup: int = 20) -> dict[str, float]:
+    """Sequential calls on one autocommit connection; a summary in ms of the timed ones.
+
+    The warm-up calls open the session's loopback connection (once per session, by
+    design) and let psycopg prepare the statement; they are not timed."""
+    timings = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(warmup + calls):
             started = time.perf_counter()
             row = conn.execute(
                 "SELECT create_payment_intent_sync(2500, %s)->>'status'", (f"bench {i}",)
             ).fetchone()
-            timings.append((time.perf_counter() - started) * 1000)
+            elapsed = time.perf_counter() - started
             if row != ("pending",):
-                print(f"call {i} returned {row!r}", file=sys.stderr)
-                return 1
-    timings.sort()
+                raise RuntimeError(f"call {i} returned {row!r}")
+            if i >= warmup:
+                timings.append(elapsed)
+    return summary_ms(timings)
+
+
+def main() -> int:
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    s = measure(os.environ["DATABASE_URL"], calls)
     print(
-        f"rpc calls={calls} p50={percentile(timings, 50):.2f}ms "
-        f"p95={percentile(timings, 95):.2f}ms "
-        f"p99={percentile(timings, 99):.2f}ms max={timings[-1]:.2f}ms "
-        f"mean={statistics.fmean(timings):.2f}ms"
+        f"rpc calls={s['n']} p50={s['p50']:.2f}ms p95={s['p95']:.2f}ms "
+        f"p99={s['p99']:.2f}ms max={s['max']:.2f}ms mean={s['mean']:.2f}ms"
     )
     return 0
 
