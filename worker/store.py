@@ -211,7 +211,7 @@ class Store:
 
     def leader_generation(self) -> int:
         """The leader connection's incarnation now, after a round trip proves it alive."""
-        _, generation = self._leader.execute("SELECT 1", {})
+        _, generation = self._leader.execute(Q["connection_ping"], {})
         return generation
 
     def notify_insert(self, queue: str) -> None:

@@ -5,6 +5,7 @@
 LISTEN "metadata.river_insert"
 
 -- name: connection_ping
--- A round trip on the listening connection: on a half-open socket it fails
--- (TCP user timeout) instead of leaving us listening to nothing.
+-- A round trip on a connection whose session matters (the listener's, the
+-- leader's): on a half-open socket it fails (TCP user timeout) instead of
+-- leaving us listening to nothing, or leading on a lock already lost.
 SELECT 1
