@@ -136,6 +136,12 @@ def fail_if_socket_in_use() -> None:
         )
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def wait_until(
     condition: Callable[[], Any], timeout: float, message: Callable[[], str] | str
 ) -> Any:
@@ -344,6 +350,9 @@ def worker_env(db_url: str, standin: StandinProcess) -> dict[str, str]:
         "STRIPE_API_KEY": API_KEY,
         "STRIPE_API_BASE": standin.url,
         "RIVER_WORKER_COUNT": "2",
+        # Its own port: another checkout's supervisord may hold the default 9187.
+        "METRICS_PORT": str(free_port()),
+        "METRICS_HOST": "127.0.0.1",
     }
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -30,6 +29,7 @@ from stripe_standin.process import StandinProcess
 from tests.acceptance.conftest import (
     StartSupervisord,
     Supervisord,
+    free_port,
     payment_sql,
     psql_ok,
     rpc,
@@ -43,12 +43,6 @@ QUEUE = "payments"  # schema/sqitch.conf
 KIND = "create_payment_intent"
 HEARTBEAT_MAX_AGE = 3.0  # METRICS_HEARTBEAT_MAX_AGE given to the exporter
 STANDIN_LATENCY = 0.05  # seconds, before each stand-in answer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(url: str) -> tuple[int, str, str]:

@@ -5,59 +5,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
 from uuid import uuid4
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from stripe_standin.process import StandinProcess
-from tests import pg
-from tests.integration.conftest import RunningWorker, worker_config
+from tests.integration.conftest import MakeRole, RunningWorker, connect_as, role_url, worker_config
 from tests.integration.rows import insert_payment
 from worker.service import Worker
 
 RPC = "SELECT create_payment_intent_sync(%s, %s)"
-
-MakeRole = Callable[..., str]
-
-
-@pytest.fixture
-def login_role(database_url: str) -> Iterator[MakeRole]:
-    """Creates LOGIN roles granted the given groups; drops them at the end (cluster-wide)."""
-    created: list[str] = []
-    with psycopg.connect(database_url, autocommit=True) as admin:
-
-        def make(*groups: str) -> str:
-            name = f"pw_test_{uuid4().hex[:12]}"
-            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-            created.append(name)
-            for group in groups:
-                admin.execute(
-                    sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name))
-                )
-            return name
-
-        yield make
-        for name in created:
-            # Sessions of the role end with their fixtures; wait for the server to see it.
-            admin.execute(
-                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s",
-                (name,),
-            )
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
-def role_url(database_url: str, role: str) -> str:
-    return pg.url(str(conninfo_to_dict(database_url)["dbname"]), user=role)
-
-
-def connect_as(database_url: str, role: str) -> psycopg.Connection:
-    return psycopg.connect(role_url(database_url, role), autocommit=True)
-
 
 # --- the worker's role --------------------------------------------------------------------------
 
