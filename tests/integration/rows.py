@@ -32,12 +32,13 @@ def insert_payment(
     currency: str | None = "USD",
     description: str | None = None,
     user_id: str | None = None,
+    owner_role: str | None = None,
 ) -> UUID:
     """A payment in pending_intent; its trigger enqueues its job in the payments queue."""
     row = conn.execute(
-        "INSERT INTO payments.transactions (user_id, amount, currency, description)"
-        " SELECT %s, %s, coalesce(%s, currency), %s FROM payments.config RETURNING id",
-        (user_id, amount, currency, description),
+        "INSERT INTO payments.transactions (owner_role, user_id, amount, currency, description)"
+        " SELECT %s, %s, %s, coalesce(%s, currency), %s FROM payments.config RETURNING id",
+        (owner_role, user_id, amount, currency, description),
     ).fetchone()
     assert row is not None
     return row[0]

@@ -107,37 +107,6 @@ def test_the_worker_role_cannot(
 # --- the client's role and row-level security -------------------------------------------------
 
 
-def test_a_client_sees_only_its_own_payments(
-    conn: psycopg.Connection, database_url: str, login_role: MakeRole
-) -> None:
-    alice = {insert_payment(conn, user_id="alice") for _ in range(2)}
-    bob = insert_payment(conn, user_id="bob")
-    insert_payment(conn, user_id=None)
-    with connect_as(database_url, login_role("payment_client")) as client:
-        client.execute("""SELECT set_config('request.jwt.claims', '{"sub": "alice"}', false)""")
-        rows = client.execute("SELECT id, user_id FROM payments.transactions").fetchall()
-        assert {row[0] for row in rows} == alice
-        assert {row[1] for row in rows} == {"alice"}
-        assert client.execute(
-            "SELECT count(*) FROM payments.transactions WHERE id = %s", (bob,)
-        ).fetchone() == (0,)
-
-        client.execute("""SELECT set_config('request.jwt.claims', '{"sub": "bob"}', false)""")
-        assert client.execute("SELECT id FROM payments.transactions").fetchall() == [(bob,)]
-
-        client.execute("SELECT set_config('request.jwt.claims', '', false)")
-        assert client.execute("SELECT id FROM payments.transactions").fetchall() == []
-
-        for statement in (
-            "UPDATE payments.transactions SET status = 'canceled'",
-            "DELETE FROM payments.transactions",
-            "INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')",
-            "SELECT * FROM metadata.river_job",
-        ):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                client.execute(statement)
-
-
 def test_public_cannot_call_the_rpc(
     conn: psycopg.Connection, database_url: str, login_role: MakeRole
 ) -> None:

@@ -162,38 +162,40 @@ def test_permanent_stripe_failure_raises_stripes_message(
 
 
 def test_loopback_failure_is_a_clear_error_and_records_nothing(conn: psycopg.Connection) -> None:
-    conn.execute(
-        "UPDATE payments.config SET loopback_dsn = 'host=127.0.0.1 port=1 connect_timeout=2'"
-    )
+    conn.execute("UPDATE payments.loopback SET host = '127.0.0.1', port = 1")
     with pytest.raises(psycopg.errors.SqlclientUnableToEstablishSqlconnection) as err:
         conn.execute(RPC, (2500, "x"))
     assert "cannot record the payment: the loopback connection failed" in str(err.value)
     assert err.value.diag.message_hint is not None
-    assert "loopback_dsn" in err.value.diag.message_hint
+    assert "payments.loopback" in err.value.diag.message_hint
     assert payment_count(conn) == 0
 
 
 def test_loopback_password_never_appears_in_the_error(conn: psycopg.Connection) -> None:
-    conn.execute(
-        "UPDATE payments.config SET loopback_dsn = "
-        "'host=127.0.0.1 port=1 user=nobody password=s3cr3t-loopback connect_timeout=2'"
-    )
+    row = conn.execute("SELECT password FROM payments.loopback").fetchone()
+    assert row is not None
+    (password,) = row
+    assert len(password) >= 32
+    conn.execute("UPDATE payments.loopback SET host = '127.0.0.1', port = 1")
     with pytest.raises(psycopg.Error) as err:
         conn.execute(RPC, (2500, "x"))
-    assert "s3cr3t-loopback" not in str(err.value)
-    assert "s3cr3t-loopback" not in (err.value.diag.message_detail or "")
+    for text in (str(err.value), err.value.diag.message_detail, err.value.diag.message_hint):
+        assert password not in (text or "")
 
 
 def test_get_payment_shows_only_the_callers_own(
     conn: psycopg.Connection, running_worker: RunningWorker
 ) -> None:
+    # This session's login acts as PostgREST's authenticator: its JWT claims count.
+    conn.execute("UPDATE payments.config SET authenticator_roles = ARRAY[session_user::text]")
     conn.execute("""SELECT set_config('request.jwt.claims', '{"sub": "alice"}', false)""")
     row = conn.execute(RPC, (2500, "alice's")).fetchone()
     assert row is not None
     payment_id = UUID(row[0]["payment_id"])
-    owner = conn.execute("SELECT user_id FROM payments.transactions").fetchone()
-    assert owner == ("alice",)
-    assert conn.execute("SELECT get_payment(%s)", (payment_id,)).fetchone() is not None
+    owner = conn.execute(
+        "SELECT owner_role = session_user, user_id FROM payments.transactions"
+    ).fetchone()
+    assert owner == (True, "alice")
     mine = conn.execute("SELECT get_payment(%s)->>'status'", (payment_id,)).fetchone()
     assert mine == ("pending",)
     conn.execute("""SELECT set_config('request.jwt.claims', '{"sub": "mallory"}', false)""")
