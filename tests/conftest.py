@@ -4,6 +4,7 @@ and the Stripe stand-in in a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from psycopg import sql
 from pytest_postgresql import factories
 
 from stripe_standin.process import StandinProcess
@@ -29,6 +31,23 @@ pw_server = factories.postgresql_noproc(
     load=[pg.deploy_schema],
 )
 pw_database = factories.postgresql("pw_server")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_orphaned_loopback_logins() -> None:
+    """Loopback logins (cluster-wide) of test databases that earlier runs left behind."""
+    with psycopg.connect(pg.url("postgres"), autocommit=True) as admin:
+        orphans = admin.execute(
+            "SELECT rolname FROM pg_roles AS r"
+            " WHERE shobj_description(r.oid, 'pg_authid')"
+            "       LIKE 'payment-worker loopback login of database %'"
+            "   AND NOT EXISTS (SELECT 1 FROM pg_database AS d WHERE shobj_description(r.oid,"
+            "       'pg_authid') = 'payment-worker loopback login of database ' || d.datname)"
+        ).fetchall()
+        for (name,) in orphans:
+            # Still granted something in a clone of its database: then it stays.
+            with contextlib.suppress(psycopg.errors.DependentObjectsStillExist):
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 @pytest.fixture

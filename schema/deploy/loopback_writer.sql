@@ -165,7 +165,13 @@ BEGIN
     END IF;
     SELECT oid INTO v_oid FROM pg_roles WHERE rolname = v_role;
     IF v_oid IS NULL THEN
-        EXECUTE format('CREATE ROLE %I LOGIN NOINHERIT', v_role);
+        BEGIN
+            EXECUTE format('CREATE ROLE %I LOGIN NOINHERIT', v_role);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'cannot create the loopback login %: %', v_role, SQLERRM
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'The deployer needs CREATEROLE, or to be a superuser (README: "Security model").';
+        END;
         v_created := true;
     ELSIF shobj_description(v_oid, 'pg_authid') IS DISTINCT FROM v_marker
           AND shobj_description(v_oid, 'pg_authid') LIKE 'payment-worker loopback login of database %' THEN
@@ -174,11 +180,25 @@ BEGIN
     ELSIF EXISTS (SELECT 1 FROM pg_auth_members WHERE member = v_oid) THEN
         RAISE EXCEPTION 'role % exists and is a member of other roles: refusing to use it as the loopback login', v_role;
     END IF;
-    -- Whoever created it, it gets exactly these attributes. Setting a password
-    -- needs CREATEROLE (or superuser): a deployer without it cannot deploy.
-    EXECUTE format(
-        'ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS'
-        ' CONNECTION LIMIT %s PASSWORD %L', v_role, v_limit, v_password);
+    -- Whoever created it, it gets exactly these attributes. A deployer that is
+    -- no superuser (CREATEROLE is enough here) cannot change the superuser-only
+    -- ones, so it refuses a role that has them instead.
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        EXECUTE format('ALTER ROLE %I NOSUPERUSER NOREPLICATION NOBYPASSRLS', v_role);
+    ELSIF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role
+                  AND (rolsuper OR rolreplication OR rolbypassrls)) THEN
+        RAISE EXCEPTION 'role % is a superuser or may bypass RLS or replicate: refusing to use it as the loopback login', v_role;
+    END IF;
+    BEGIN
+        EXECUTE format('ALTER ROLE %I LOGIN NOCREATEDB NOCREATEROLE NOINHERIT CONNECTION LIMIT %s',
+                       v_role, v_limit);
+        EXECUTE format('ALTER ROLE %I PASSWORD %L', v_role, v_password);
+    EXCEPTION WHEN insufficient_privilege THEN
+        -- Raised anew so that no error context quotes the statement, password and all.
+        RAISE EXCEPTION 'cannot set up the loopback login %: %', v_role, SQLERRM
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'The deployer needs CREATEROLE, or to be a superuser (README: "Security model").';
+    END;
     -- An idle loopback closes (the RPC reopens it on its next call), so its
     -- slots return to the pool; nothing it runs can take long.
     EXECUTE format('ALTER ROLE %I SET idle_session_timeout = %L', v_role, '60s');

@@ -75,7 +75,17 @@ def free_port() -> int:
 class PrivateCluster:
     """initdb + pg_ctl in a temp dir; `restart()` crashes the server and brings it back."""
 
-    def __init__(self, bindir: Path | None = None) -> None:
+    def __init__(
+        self,
+        bindir: Path | None = None,
+        *,
+        settings: dict[str, str] | None = None,
+        hba: list[str] | None = None,
+    ) -> None:
+        """`settings`: extra server settings (-c name=value); `hba`: pg_hba.conf's lines
+        instead of initdb's trust-everything."""
+        self.settings = dict(settings or {})
+        self.hba = hba
         self.bindir = bindir or server_bindir()
         self.base = Path(tempfile.mkdtemp(prefix="pw-chaos-pg-"))
         self.data = self.base / "data"
@@ -108,6 +118,11 @@ class PrivateCluster:
             "--locale=C",
             "--no-instructions",
         )
+        if self.hba is not None:
+            hba_file = self.data / "pg_hba.conf"
+            hba_file.write_text("\n".join(self.hba) + "\n")
+            if is_root():
+                shutil.chown(hba_file, PG_OS_USER, PG_OS_USER)
         self._run("pg_ctl", "start", *self._ctl_args(), "-w", "-t", "60")
         self.running = True
         self.wait_accepting(timeout=30)
@@ -174,6 +189,7 @@ class PrivateCluster:
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
             f"-c unix_socket_directories={self.base}"
         )
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         return ["-D", str(self.data), "-l", str(self.log), "-o", options]
 
     def _run(self, program: str, *args: str) -> None:
@@ -200,11 +216,12 @@ class PrivateCluster:
                 )
 
 
-def sqitch_deploy(url: str) -> None:
-    """`sqitch --chdir schema deploy db:pg://...`, against an explicit target (not PGHOST)."""
+def sqitch_deploy(url: str, *args: str) -> None:
+    """`sqitch --chdir schema deploy [ARGS] db:pg://...`, against an explicit target (not
+    PGHOST)."""
     target = "db:" + url.replace("postgresql://", "pg://", 1)
     result = subprocess.run(
-        [pg.sqitch_bin(), "--chdir", str(pg.SCHEMA_DIR), "deploy", target],
+        [pg.sqitch_bin(), "--chdir", str(pg.SCHEMA_DIR), "deploy", *args, target],
         capture_output=True,
         text=True,
         check=False,

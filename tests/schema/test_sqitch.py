@@ -34,6 +34,10 @@ def empty_database() -> Iterator[MakeDatabase]:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+            # Its loopback login, which a test that did not revert leaves behind.
+            admin.execute(
+                sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(f"payments_writer_{name}"))
+            )
 
 
 def sqitch_ok(command: str, dbname: str, *args: str) -> str:
