@@ -188,3 +188,20 @@ def test_an_idle_loopback_closes_and_the_next_call_reopens_it(
         )
     amounts = conn.execute("SELECT amount FROM payments.transactions ORDER BY amount").fetchall()
     assert amounts == [(2500,), (2600,)]
+
+
+def test_every_function_pins_its_search_path_and_none_is_public(conn: psycopg.Connection) -> None:
+    functions = conn.execute(
+        "SELECT p.oid::regprocedure::text, p.proconfig, p.prosecdef,"
+        " has_function_privilege('public', p.oid, 'EXECUTE')"
+        " FROM pg_proc AS p"
+        " WHERE (p.pronamespace = 'payments'::regnamespace"
+        "        OR p.oid IN ('public.create_payment_intent_sync'::regproc,"
+        "                     'public.get_payment'::regproc))"
+        "   AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.objid = p.oid"
+        "                   AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e')"
+    ).fetchall()
+    assert len(functions) > 10
+    for name, config, _definer, public in functions:
+        assert any(c.startswith("search_path=pg_catalog") for c in config or []), name
+        assert not public, name
