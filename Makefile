@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-venv: ## create .venv and install requirements-dev.txt (again only when it changed)
+venv: ## create .venv: requirements.lock (hash-checked), then requirements-dev.txt (again only on change)
 	@scripts/ensure-venv.sh
 
 lock: ## regenerate requirements.lock (pinned, hashed) from requirements.txt; LOCK_ARGS=--upgrade
