@@ -7,7 +7,11 @@
 # tini is PID 1: it hands SIGTERM to supervisord, which stops the workers (each finishes
 # the jobs in hand: stopwaitsecs=40, so stop with a grace period above that, e.g.
 # `docker stop -t 45`), and it reaps orphaned processes. Every log line goes to stdout.
-FROM python:3.11-slim
+#
+# The base image is pinned by digest, so a rebuild gets the same bytes until this line is
+# changed on purpose. To move it, `docker buildx imagetools inspect python:3.11-slim`
+# prints the tag's current digest.
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
@@ -20,11 +24,12 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Dependencies before code: this layer is rebuilt only when requirements.txt changes.
-COPY requirements.txt /tmp/requirements.txt
+# Dependencies before code: this layer is rebuilt only when the lock changes. Every
+# package, transitive ones too, is pinned and hash-checked (`make lock` regenerates it).
+COPY requirements.lock /tmp/requirements.lock
 RUN python -m venv "$VIRTUAL_ENV" \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+    && pip install --require-hashes -r /tmp/requirements.lock \
+    && rm /tmp/requirements.lock
 
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home \
@@ -35,10 +40,16 @@ COPY common/ ./common/
 COPY worker/ ./worker/
 COPY metrics/ ./metrics/
 COPY supervisord.conf ./
-# The code stays root's, read-only to the app user; the app dir itself is the user's,
-# because supervisord puts its socket and pidfile next to supervisord.conf (%(here)s).
+# /app and the code stay root's: the app user can read and run them, never replace them.
+# supervisord.conf writes its socket, pidfile and the workers' metrics files under
+# %(here)s/.run: here a root-owned link to /run/payment-worker, the one directory the
+# user owns (Kubernetes mounts an emptyDir there, so the root filesystem can be read-only).
 RUN python -m compileall -q common worker metrics \
-    && chown app:app /app
+    && install -d -o app -g app -m 0700 /run/payment-worker \
+    && ln -s /run/payment-worker /app/.run
+
+# In a container the exporter must be reachable from Prometheus; its default is loopback.
+ENV METRICS_HOST=0.0.0.0
 
 # USER rather than dropping privileges at start (su, gosu): the runtime then hands the
 # container's stdout to this user, and supervisord reopens /dev/stdout for every log.

@@ -4,7 +4,7 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help venv lint db test run clean
+.PHONY: help venv lock lint db test run clean
 
 VENV := .venv
 PYTEST_ARGS ?=
@@ -12,8 +12,11 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-venv: ## create .venv and install requirements-dev.txt (again only when it changed)
+venv: ## create .venv: requirements.lock (hash-checked), then requirements-dev.txt (again only on change)
 	@scripts/ensure-venv.sh
+
+lock: ## regenerate requirements.lock (pinned, hashed) from requirements.txt; LOCK_ARGS=--upgrade
+	@scripts/lock.sh
 
 lint: venv ## ruff check, ruff format --check, mypy (strict on worker/ and metrics/)
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
 """The real supervisord with the repo's supervisord.conf, for the end-to-end runs.
 
-supervisord.conf puts its control socket, pidfile and metrics directory in the repo
-root, so only one supervisord can run per checkout - and other engineers' test runs
+supervisord.conf puts its control socket, pidfile and metrics directory in the
+checkout's .run/, so only one supervisord can run per checkout - and other engineers' test runs
 (`make test`) start theirs there. The benchmark therefore runs a copy of the file in a
 temporary directory in which exactly those three paths are moved there; every program
 section, command, directory and setting is the repo's own, unchanged. (If the repo's
@@ -30,9 +30,9 @@ CONF = ROOT / "supervisord.conf"
 
 # (what the repo's file says, where the benchmark's copy puts it)
 _MOVED = (
-    ("%(here)s/.supervisor.sock", "{tmp}/supervisor.sock"),
-    ("%(here)s/.supervisord.pid", "{tmp}/supervisord.pid"),
-    ("%(here)s/.metrics", "{tmp}/metrics"),
+    ("%(here)s/.run/supervisor.sock", "{tmp}/supervisor.sock"),
+    ("%(here)s/.run/supervisord.pid", "{tmp}/supervisord.pid"),
+    ("%(here)s/.run/metrics", "{tmp}/metrics"),
 )
 
 

@@ -47,7 +47,8 @@ class ExporterConfig:
         multiproc = env.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
         return cls(
             database_url=url,
-            host=env.get("METRICS_HOST", "0.0.0.0").strip() or "0.0.0.0",  # noqa: S104 - scraped from outside the container
+            # Loopback unless told otherwise: the container images set 0.0.0.0 themselves.
+            host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
             port=int(raw_port),
             multiproc_dir=Path(multiproc) if multiproc else None,
             heartbeat_max_age=age,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import psycopg
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -65,15 +67,72 @@ class ExporterApp:
         return [json.dumps(report).encode() + b"\n"]
 
 
+# An idle or slow client holds one thread for at most this long, and at most this many
+# are served at once: a scrape is one short request, so a handful suffices.
+REQUEST_TIMEOUT = 10.0
+MAX_CONNECTIONS = 16
+
+
 class _QuietHandler(WSGIRequestHandler):
+    server: ExporterServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout)
+
+    def handle(self) -> None:
+        # A client that went quiet or away is dropped without a traceback.
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            super().handle()
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would drown the logs."""
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
+class ExporterServer(ThreadingMixIn, WSGIServer):
+    """One thread per connection, at most `max_connections` at once; beyond that a
+    connection is closed at once rather than queued behind idle ones. (No 503: closing
+    before its request has arrived would reset the connection and lose the answer.)"""
+
     daemon_threads = True
+    # Stopping must not wait for the idle clients' threads.
+    block_on_close = False
+
+    def __init__(
+        self, address: tuple[str, int], *, request_timeout: float, max_connections: int
+    ) -> None:
+        self.request_timeout = request_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, _QuietHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started, so none will release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
-def serve(app: ExporterApp, host: str, port: int) -> WSGIServer:
+def serve(
+    app: ExporterApp,
+    host: str,
+    port: int,
+    *,
+    request_timeout: float = REQUEST_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+) -> ExporterServer:
     """A threaded server, bound but not yet serving: call serve_forever()."""
-    return make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
+    server = ExporterServer(
+        (host, port), request_timeout=request_timeout, max_connections=max_connections
+    )
+    server.set_app(app)
+    return server

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with python3 >= 3.11 and installs requirements-dev.txt into it, again only
+# Creates .venv with python3 >= 3.11 and installs into it the runtime lock (requirements.lock,
+# hash-checked, as the image does) and then the dev tools of requirements-dev.txt, again only
 # when a requirements file (or the interpreter) changed since the last successful install.
 # Knobs: PYTHON=/path/to/python3 picks the interpreter.
 set -euo pipefail
@@ -59,7 +60,7 @@ create_venv() {
 req_hash() {
   {
     "$VENV/bin/python" -c 'import sys; print(sys.version)'
-    cat "$REPO"/requirements*.txt
+    cat "$REPO"/requirements*.txt "$REPO"/requirements.lock
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -80,6 +81,7 @@ main() {
     die "need python3 >= 3.11 (python3 found: $found); install it or set PYTHON=/path/to/python3.11"
   fi
   [[ -f $REPO/requirements-dev.txt ]] || die "requirements-dev.txt not found in $REPO"
+  [[ -f $REPO/requirements.lock ]] || die "requirements.lock not found in $REPO: make lock"
   if [[ -x $VENV/bin/python ]] && py_ok "$VENV/bin/python"; then
     want=$(req_hash)
     [[ -f $STAMP && $(cat "$STAMP") == "$want" ]] && return 0
@@ -90,7 +92,11 @@ main() {
     create_venv "$py"
   fi
   want=$(req_hash)
-  note "pip install -r requirements-dev.txt (into .venv)"
+  # Two installs: in hash-checking mode pip wants a hash on every line it is given, and the
+  # dev tools have none. The runtime set is then already there when they are added.
+  note "pip install --require-hashes -r requirements.lock, then -r requirements-dev.txt (into .venv)"
+  (cd "$REPO" && run_quiet "pip install --require-hashes -r requirements.lock" \
+    "$VENV/bin/python" -m pip install -q --require-hashes -r requirements.lock)
   (cd "$REPO" && run_quiet "pip install -r requirements-dev.txt" \
     "$VENV/bin/python" -m pip install -q -r requirements-dev.txt)
   echo "$want" >"$STAMP"

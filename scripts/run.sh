@@ -144,8 +144,10 @@ else
 fi
 
 # --- supervisord ---------------------------------------------------------------------------
-if [[ -S .supervisor.sock ]] && supervisorctl -c supervisord.conf pid >/dev/null 2>&1; then
-  die "another supervisord (pid $(cat .supervisord.pid 2>/dev/null || echo '?')) already runs from" \
+# supervisord.conf puts its socket, pidfile and metrics files in .run/ (never beside the code).
+mkdir -p .run
+if [[ -S .run/supervisor.sock ]] && supervisorctl -c supervisord.conf pid >/dev/null 2>&1; then
+  die "another supervisord (pid $(cat .run/supervisord.pid 2>/dev/null || echo '?')) already runs from" \
     "this checkout; stop it first: .venv/bin/supervisorctl -c supervisord.conf shutdown"
 fi
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from stripe_standin import errors
 from stripe_standin.app import Request, Response, StandinApp, json_body
 from stripe_standin.faults import ConfigError, parse_script_entry
 
@@ -53,7 +54,7 @@ class Admin:
         try:
             return _ok(handler(request))
         except ConfigError as exc:
-            return _failure(400, str(exc))
+            return _failure(400, str(exc), param=exc.param)
 
     def _health(self, _request: Request) -> dict[str, Any]:
         return {"ok": True}
@@ -100,7 +101,15 @@ class Admin:
         append = payload.get("append", False)
         if not isinstance(append, bool):
             raise ConfigError("append must be true or false")
-        entries = [parse_script_entry(item) for item in responses]
+        entries = []
+        for index, item in enumerate(responses):
+            try:
+                entries.append(parse_script_entry(item))
+            except ConfigError as exc:
+                where = f"responses[{index}]"
+                param = f"{where}.{exc.param}" if exc.param else where
+                raise ConfigError(f"{where}: {exc}", param=param) from None
+        # Only once every entry is valid: a rejected script changes nothing.
         return {"pending": self.app.script.load(entries, append=append)}
 
     def _reset(self, _request: Request) -> dict[str, Any]:
@@ -122,5 +131,6 @@ def _ok(data: dict[str, Any]) -> Response:
     return Response(200, json_body(data))
 
 
-def _failure(status: int, message: str) -> Response:
-    return Response(status, json_body({"error": {"message": message}}))
+def _failure(status: int, message: str, param: str | None = None) -> Response:
+    """An error in Stripe's shape, as the API's own errors are."""
+    return Response(status, json_body(errors.invalid_request(message, param=param).body()))

@@ -6,6 +6,7 @@ Flags win over environment variables, which win over the defaults.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,20 @@ from stripe_standin.faults import ConfigError, FaultSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12111
+# A client that sends nothing for this long is dropped (its thread with it). Well above any
+# pause between a test's requests on one pooled connection, so those are never cut.
+DEFAULT_IDLE_TIMEOUT = 60.0
 ENV_PREFIX = "STANDIN_"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it could resolve anywhere
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,20 @@ class StandinConfig:
     faults: FaultSettings = field(default_factory=FaultSettings)
     seed: int = 0
     quiet: bool = False
+    allow_remote: bool = False
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        # The admin endpoints have no authentication: whoever reaches them can script
+        # answers, read every intent and reset the state.
+        if not self.allow_remote and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to bind {self.host!r}, not a loopback address: the admin endpoints "
+                "(/_standin/) have no authentication; pass --allow-remote "
+                f"(or {ENV_PREFIX}ALLOW_REMOTE=1) to bind it anyway"
+            )
+        if not self.idle_timeout > 0:
+            raise ConfigError(f"idle_timeout must be positive, got {self.idle_timeout}")
 
 
 def _rate(text: str) -> float:
@@ -43,6 +71,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
 
 
@@ -64,7 +99,18 @@ def _flag(text: str) -> bool:
 
 # (flag, destination, type, help); the env name is STANDIN_ + destination upper-cased.
 _OPTIONS = (
-    ("--host", "host", str, f"address to bind (default {DEFAULT_HOST})"),
+    (
+        "--host",
+        "host",
+        str,
+        f"address to bind (default {DEFAULT_HOST}; loopback only, see --allow-remote)",
+    ),
+    (
+        "--allow-remote",
+        "allow_remote",
+        _flag,
+        "allow a --host that is not loopback (the admin endpoints have no authentication)",
+    ),
     ("--port", "port", _port, f"port to bind, 0 picks a free one (default {DEFAULT_PORT})"),
     ("--port-file", "port_file", Path, "write the bound port to this file once listening"),
     ("--api-key", "api_key", str, "accept only this key (default: any key starting sk_test_)"),
@@ -80,6 +126,13 @@ _OPTIONS = (
     ),
     ("--seed", "seed", int, "seed of the fault random sequence (default: random)"),
     ("--quiet", "quiet", _flag, "no per-request log lines"),
+    (
+        "--idle-timeout",
+        "idle_timeout",
+        _seconds,
+        "seconds a connection may send nothing before it is closed "
+        f"(default {DEFAULT_IDLE_TIMEOUT:g})",
+    ),
 )
 
 
@@ -129,12 +182,17 @@ def load_config(
         )
     except ConfigError as exc:
         parser.error(str(exc))
-    return StandinConfig(
-        host=args.host or DEFAULT_HOST,
-        port=DEFAULT_PORT if args.port is None else args.port,
-        port_file=args.port_file,
-        api_key=args.api_key or None,
-        faults=faults,
-        seed=secrets.randbelow(2**31) if args.seed is None else args.seed,
-        quiet=bool(args.quiet),
-    )
+    try:
+        return StandinConfig(
+            host=args.host or DEFAULT_HOST,
+            port=DEFAULT_PORT if args.port is None else args.port,
+            port_file=args.port_file,
+            api_key=args.api_key or None,
+            faults=faults,
+            seed=secrets.randbelow(2**31) if args.seed is None else args.seed,
+            quiet=bool(args.quiet),
+            allow_remote=bool(args.allow_remote),
+            idle_timeout=args.idle_timeout or DEFAULT_IDLE_TIMEOUT,
+        )
+    except ConfigError as exc:
+        parser.error(str(exc))

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from stripe_standin.errors import StripeError
+from stripe_standin.headers import header_problem
 
 
 class Fault(enum.Enum):
@@ -26,7 +27,11 @@ RATE_FIELDS = ("drop", "fail_5xx", "fail_429", "lose_response")
 
 
 class ConfigError(ValueError):
-    """A fault setting that is out of range or of the wrong type."""
+    """A setting that is out of range or of the wrong type; ``param`` names where, if known."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,9 @@ def parse_script_entry(raw: Any) -> ScriptEntry:
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise ConfigError("headers must map strings to strings")
+    problem = header_problem(headers)
+    if problem:
+        raise ConfigError(problem, param="headers")
     extra = {k: v for k, v in error.items() if k not in ("type", "message", "code", "param")}
     return StripeError(
         status,

@@ -70,6 +70,11 @@ class StandinHandler(BaseHTTPRequestHandler):
     sys_version = ""
     server: StandinServer
 
+    def setup(self) -> None:
+        super().setup()
+        # An idle or slow client is dropped (handle_one_request logs "Request timed out").
+        self.connection.settimeout(self.server.app.config.idle_timeout)
+
     def do_GET(self) -> None:
         """Serve a GET."""
         self._dispatch()

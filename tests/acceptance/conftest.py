@@ -2,8 +2,8 @@
 
 supervisord runs from the repo root exactly as `make run` and the container run it, with
 `.venv/bin` first on PATH so its `python` is the venv's. Its socket and pidfile live in the
-repo root (supervisord.conf says so), hence one supervisord per checkout at a time: these
-tests fail at once, saying so, if another one already listens there.
+checkout's .run/ (supervisord.conf says so), hence one supervisord per checkout at a time:
+these tests fail at once, saying so, if another one already listens there.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from tests import pg
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 CONF = ROOT / "supervisord.conf"
-SOCKET = ROOT / ".supervisor.sock"
-PIDFILE = ROOT / ".supervisord.pid"
+RUN_DIR = ROOT / ".run"
+SOCKET = RUN_DIR / "supervisor.sock"
+PIDFILE = RUN_DIR / "supervisord.pid"
 
 API_KEY = "sk_test_acceptance_7Hq2mZ9xKpL4"
 # The test server trusts 127.0.0.1, so a password in the URL is accepted and ignored: it is
@@ -131,7 +132,7 @@ def fail_if_socket_in_use() -> None:
             owner = ""
         pytest.fail(
             f"another supervisord{owner} already listens on {SOCKET}: supervisord.conf puts "
-            "its socket in the repo root, so only one can run per checkout; stop it "
+            "its socket in the checkout's .run/, so only one can run per checkout; stop it "
             f"(`{VENV_BIN}/supervisorctl -c supervisord.conf shutdown`) and run again"
         )
 
@@ -169,6 +170,7 @@ class Supervisord:
 
     def start(self, timeout: float = 15) -> Supervisord:
         fail_if_socket_in_use()
+        RUN_DIR.mkdir(exist_ok=True)  # as scripts/run.sh does: supervisord needs it to exist
         # Append mode: supervisord and each program reopen /dev/stdout themselves, and only
         # O_APPEND keeps their writes from overwriting each other in a regular file.
         with self.log_path.open("ab") as log:

@@ -262,6 +262,13 @@ def dockerfile_user() -> tuple[int, int]:
     return int(uid), int(gid)
 
 
+def dockerfile_run_dir() -> str:
+    """Where the Dockerfile links the app's .run to: the one directory the app user writes."""
+    links = re.findall(r"\bln -s (/\S+) /app/\.run\b", (ROOT / "Dockerfile").read_text())
+    assert len(links) == 1, "the Dockerfile must link /app/.run to a writable run directory"
+    return str(links[0])
+
+
 def dockerfile_copies() -> set[str]:
     """Top-level names the Dockerfile COPYs from the build context."""
     copied = set()

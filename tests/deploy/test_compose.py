@@ -175,6 +175,8 @@ def test_the_worker_environment(services: dict[str, dict[str, Any]]) -> None:
         interpolate(env["STRIPE_API_KEY"])
     assert interpolate(env["STRIPE_API_KEY"], {"STRIPE_API_KEY": "sk_test_x"}) == "sk_test_x"
     assert 1 <= int(interpolate(env["RIVER_WORKER_COUNT"])) <= 32
+    # The exporter's default is loopback: the prometheus service could not scrape it.
+    assert env["METRICS_HOST"] == "0.0.0.0"  # noqa: S104
 
 
 def seconds(value: str) -> int:

@@ -12,6 +12,7 @@ import pytest
 from tests.deploy.deployfiles import (
     DEPLOY,
     METRICS_PORT,
+    dockerfile_run_dir,
     dockerfile_user,
     load_yaml_documents,
     supervisord_stopwaitsecs,
@@ -95,6 +96,21 @@ def test_environment(container: dict[str, Any]) -> None:
         assert "value" not in env[name]
     assert 1 <= int(env["RIVER_WORKER_COUNT"]["value"]) <= 32
     assert int(env.get("METRICS_PORT", {"value": METRICS_PORT})["value"]) == METRICS_PORT
+    # The exporter's default is loopback: Prometheus could not scrape the pod without this.
+    assert env["METRICS_HOST"]["value"] == "0.0.0.0"  # noqa: S104
+
+
+def test_the_root_filesystem_is_read_only_but_the_run_dir_is_writable(
+    pod: dict[str, Any], container: dict[str, Any]
+) -> None:
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # supervisord's socket, pidfile and metrics files (/app/.run links to the run dir);
+    # supervisord's AUTO child logs in /tmp.
+    for path in (dockerfile_run_dir(), "/tmp"):  # noqa: S108
+        assert path in mounts, f"{path} must be a writable volume"
+        assert "emptyDir" in volumes[mounts[path]]
 
 
 def test_resources(container: dict[str, Any]) -> None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -15,8 +20,11 @@ import pytest
 from metrics.collectors import build_registry
 from metrics.config import ConfigError, ExporterConfig
 from metrics.database import DatabaseReader
-from metrics.server import ExporterApp, serve
+from metrics.server import ExporterApp, ExporterServer, serve
+from tests.integration.waiting import wait_until
 from tests.unit.test_metrics_multiprocess import run_worker_like
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -34,15 +42,31 @@ def get(url: str) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
+StartExporter = Callable[..., ExporterServer]
+
+
 @pytest.fixture
-def exporter(reader: DatabaseReader, tmp_path: Path) -> Iterator[str]:
-    app = ExporterApp(build_registry(reader, tmp_path), reader, tmp_path, heartbeat_max_age=30)
-    server = serve(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+def start_exporter(reader: DatabaseReader, tmp_path: Path) -> Iterator[StartExporter]:
+    """start_exporter(**serve_kwargs) -> a serving ExporterServer on 127.0.0.1."""
+    servers: list[ExporterServer] = []
+
+    def start(**kwargs: float) -> ExporterServer:
+        registry = build_registry(reader, tmp_path)
+        app = ExporterApp(registry, reader, tmp_path, heartbeat_max_age=30)
+        server = serve(app, "127.0.0.1", 0, **kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def exporter(start_exporter: StartExporter) -> str:
+    return f"http://127.0.0.1:{start_exporter().server_port}"
 
 
 def test_queue_and_payments_are_read_at_scrape_time(
@@ -115,5 +139,97 @@ def test_config_names_bad_values_without_secrets() -> None:
     assert "hunter2" not in str(err.value)
     config = ExporterConfig.from_env({"DATABASE_URL": "postgresql://u:pw@h/d"})
     assert (config.port, config.multiproc_dir) == (9187, None)
-    assert config.host == "0.0.0.0"  # noqa: S104 - the default, scraped from outside a container
+    assert config.host == "127.0.0.1", "loopback unless METRICS_HOST says otherwise"
+    assert ExporterConfig.from_env(
+        {"DATABASE_URL": "postgresql://u@h/d", "METRICS_HOST": " "}
+    ).host == ("127.0.0.1")
     assert "pw" not in repr(config).replace("multiproc", "")
+
+
+def read_until_closed(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts)."""
+    received = b""
+    while True:
+        try:
+            chunk = conn.recv(4096)
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+def test_an_idle_connection_is_closed_after_the_timeout(start_exporter: StartExporter) -> None:
+    server = start_exporter(request_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", server.server_port)) as idle:
+        idle.settimeout(10)  # only so that a server that never closes fails the test
+        started = time.monotonic()
+        assert read_until_closed(idle) == b"", "closed without an answer: no request came"
+        assert time.monotonic() - started >= 0.4
+    status, _ = get(f"http://127.0.0.1:{server.server_port}/metrics")
+    assert status == 200, "the server still serves after dropping an idle client"
+
+
+def test_idle_connections_do_not_grow_the_threads_without_bound(
+    start_exporter: StartExporter,
+) -> None:
+    server = start_exporter(request_timeout=60, max_connections=4)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.server_port)) for _ in range(40)]
+    try:
+        for conn in idle:
+            conn.settimeout(10)
+        # The first four hold every slot; each one after them is turned away at once.
+        for conn in idle[4:]:
+            assert read_until_closed(conn) == b""
+        assert threading.active_count() <= before + 4
+        with pytest.raises(OSError):  # a fifth client is turned away while four idle hold on
+            get(url)
+    finally:
+        for conn in idle:
+            conn.close()
+    wait_until(lambda: get(url)[0] == 200, 10, "slots freed once the idle clients left")
+    assert threading.active_count() <= before + 4
+
+
+def test_the_exporter_process_binds_loopback_by_default(database_url: str, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": database_url,
+        "METRICS_PORT": str(port),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    log = tmp_path / "exporter.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "metrics"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_until(lambda: "serving /metrics" in log.read_text(), 10, "the exporter's start")
+        assert listening_addresses(port) == {"127.0.0.1"}
+        assert get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0, log.read_text()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 and IPv6 addresses some process listens on at `port`, from /proc/net."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                packed = bytes.fromhex(address)
+                if len(packed) == 4:
+                    found.add(socket.inet_ntop(socket.AF_INET, packed[::-1]))
+                else:
+                    words = b"".join(packed[i : i + 4][::-1] for i in range(0, 16, 4))
+                    found.add(socket.inet_ntop(socket.AF_INET6, words))
+    return found

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import pytest
 import stripe
 
 from stripe_standin import StandinProcess, StandinStartError
+from stripe_standin.client import StandinAdminError, scripted_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,3 +98,70 @@ def test_invalid_configuration_fails_fast_with_the_reason() -> None:
     message = str(info.value)
     assert "exited with status 2" in message
     assert "must add up to at most 1" in message
+
+
+def test_a_host_that_is_not_loopback_is_refused_without_allow_remote() -> None:
+    with pytest.raises(StandinStartError) as info:
+        StandinProcess(host="0.0.0.0").start()  # noqa: S104
+    message = str(info.value)
+    assert "exited with status 2" in message
+    assert "refusing to bind '0.0.0.0', not a loopback address" in message
+    assert "--allow-remote" in message
+
+
+def test_allow_remote_binds_it() -> None:
+    with StandinProcess(host="0.0.0.0", extra_args=["--allow-remote"]) as standin:  # noqa: S104
+        assert standin.admin.health()
+        assert "listening on http://0.0.0.0:" in standin.log_text()
+
+
+def _read_until_closed(conn: socket.socket) -> bytes:
+    received = b""
+    while True:
+        try:
+            chunk = conn.recv(4096)
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POST /_standin/script HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"],
+    ids=["silent", "stalls-mid-body"],
+)
+def test_an_idle_or_stalled_client_is_dropped(sent: bytes) -> None:
+    with StandinProcess(extra_args=["--idle-timeout", "0.5"]) as standin:
+        assert standin.port is not None
+        with socket.create_connection(("127.0.0.1", standin.port)) as conn:
+            conn.settimeout(10)  # only so that a server that never closes fails the test
+            conn.sendall(sent)
+            started = time.monotonic()
+            assert _read_until_closed(conn) == b""
+            assert time.monotonic() - started >= 0.4
+        deadline = time.monotonic() + 5
+        while "Request timed out" not in standin.log_text():
+            assert time.monotonic() < deadline, standin.log_text()
+            time.sleep(0.01)
+        assert standin.admin.script_pending() == 0, "the half-sent script was not applied"
+        intent = _client(standin.url, "sk_test_x").v1.payment_intents.create(
+            {"amount": 500, "currency": "usd"}
+        )
+        assert intent.status == "requires_payment_method"
+
+
+def test_a_scripted_header_cannot_split_the_response() -> None:
+    with StandinProcess() as standin:
+        evil = {**scripted_error(500, "api_error", "m"), "headers": {"X-A": "1\r\nSet-Cookie: s=1"}}
+        with pytest.raises(StandinAdminError) as info:
+            standin.admin.script([evil])
+        assert info.value.status == 400
+        assert "control or non-ASCII character" in info.value.message
+        assert standin.admin.script_pending() == 0
+        created = _client(standin.url, "sk_test_x").v1.payment_intents.create(
+            {"amount": 500, "currency": "usd"}
+        )
+        headers = created.last_response.headers
+        assert "Set-Cookie" not in headers and "X-A" not in headers

@@ -1,6 +1,6 @@
 """The Dockerfile, read as text (no Docker needed): what it copies exists and reaches the
-build context, tini is PID 1, supervisord runs as a non-root user, and requirements.txt is
-what gets installed."""
+build context, tini is PID 1, supervisord runs as a non-root user who cannot change the
+code, the base image is pinned by digest, and the hashed lock is what gets installed."""
 
 from __future__ import annotations
 
@@ -117,8 +117,10 @@ def dockerignore_patterns() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def test_base_image_is_python_311_slim(instructions: list[Instruction]) -> None:
-    assert [i.args for i in of(instructions, "FROM")] == ["python:3.11-slim"]
+def test_base_image_is_python_311_slim_pinned_by_digest(instructions: list[Instruction]) -> None:
+    [base] = [i.args for i in of(instructions, "FROM")]
+    # A tag moves under a rebuild; a digest names exactly one image.
+    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-bookworm)?@sha256:[0-9a-f]{64}", base), base
 
 
 def test_every_copy_source_exists_in_the_repo(instructions: list[Instruction]) -> None:
@@ -198,22 +200,55 @@ def test_supervisord_runs_as_a_non_root_user(instructions: list[Instruction]) ->
     assert user not in ("root", "0", "")
     assert user.isdigit(), "numeric, so that Kubernetes' runAsNonRoot can check it"
     assert group != "0"
-    # The user owns the app dir: supervisord creates its socket and pidfile there.
+
+
+def test_the_app_user_cannot_change_the_code(instructions: list[Instruction]) -> None:
     workdir = of(instructions, "WORKDIR")[-1].args
-    chowns = [i.args for i in of(instructions, "RUN") if "chown" in i.args]
-    assert any(re.search(rf"chown\s+\S+\s+{re.escape(workdir)}(\s|$|&)", c) for c in chowns)
+    assert workdir == "/app"
+    for copy in local_copies(instructions):
+        assert "--chown" not in copy.args and "--chmod" not in copy.args, copy
+    for run in of(instructions, "RUN"):
+        # Neither /app nor anything in it changes hands or gains write bits.
+        for command in re.split(r"&&|;|\|\|", run.args):
+            words = shlex.split(command)
+            if words and words[0] in ("chown", "chmod", "chgrp"):
+                targets = [w for w in words[1:] if not w.startswith("-")][1:]
+                assert not any(t in (".", "./") or t.startswith("/app") for t in targets), run
+            if words[:2] == ["install", "-d"] and "-o" in words:
+                assert not any(w.startswith("/app") for w in words), run
 
 
-def test_it_installs_requirements_txt_and_nothing_else(instructions: list[Instruction]) -> None:
+def test_what_supervisord_writes_goes_to_a_run_dir_the_user_owns(
+    instructions: list[Instruction],
+) -> None:
+    runs = _runs(instructions)
+    # /app/.run, where supervisord.conf puts its socket, pidfile and metrics files, is a
+    # root-owned link (made before USER) to a directory that is the app user's own.
+    [(target,)] = [m.groups() for m in re.finditer(r"\bln -s (/\S+) /app/\.run\b", runs)]
+    assert not target.startswith("/app"), target
+    [install] = [c for c in runs.split("&&") if "install -d" in c and target in c]
+    words = shlex.split(install)
+    user = words[words.index("-o") + 1]
+    assert user in ("app", "10001"), install
+    conf = (ROOT / "supervisord.conf").read_text()
+    assert "pidfile=%(here)s/.run/" in conf
+    assert "file=%(here)s/.run/" in conf
+    assert 'PROMETHEUS_MULTIPROC_DIR="%(here)s/.run/' in conf
+
+
+def test_it_installs_the_hashed_lock_and_nothing_else(instructions: list[Instruction]) -> None:
     copied = {
         source: dest
         for c in local_copies(instructions)
         for sources, dest in [copy_sources_and_dest(c)]
         for source in sources
     }
-    assert "requirements.txt" in copied
-    installs = re.findall(r"pip install\s+(?:-\S+\s+)*-r\s+(\S+)", _runs(instructions))
-    assert installs == [copied["requirements.txt"]]
+    assert "requirements.lock" in copied
+    installs = re.findall(r"pip install((?:\s+-\S+)*)\s+-r\s+(\S+)", _runs(instructions))
+    assert [target for _, target in installs] == [copied["requirements.lock"]]
+    [(flags, _)] = installs
+    assert "--require-hashes" in flags.split(), "every package checked against its hash"
+    assert not re.search(r"pip install(?![^&;]*--require-hashes)", _runs(instructions))
     assert "requirements-dev.txt" not in copied
 
 

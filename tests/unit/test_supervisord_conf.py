@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,40 @@ def test_workers_get_time_to_finish_the_job_in_hand(groups: dict[str, object]) -
     assert worker.stopsignal == 15
     assert worker.stopwaitsecs > 30  # above STRIPE_READ_TIMEOUT's default
     assert worker.stdout_logfile == "/dev/stdout"
+
+
+def _options(conf: Path) -> ServerOptions:
+    options = ServerOptions()
+    options.configfile = str(conf)
+    options.process_config(do_usage=False)
+    return options
+
+
+def test_everything_supervisord_writes_is_under_run_beside_the_conf(
+    groups: dict[str, object], tmp_path: Path
+) -> None:
+    # A copy elsewhere: %(here)s is the file's directory, whatever the working directory.
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(CONF.read_text())
+    (tmp_path / ".run").mkdir()
+    options = _options(conf)
+    run_dir = tmp_path / ".run"
+    assert Path(options.pidfile).parent == run_dir
+    [server] = options.configroot.supervisord.server_configs
+    assert Path(server["file"]).parent == run_dir
+    assert server["chmod"] == 0o700
+    assert (
+        Path(options.configroot.supervisord.environment["PROMETHEUS_MULTIPROC_DIR"]).parent
+        == run_dir
+    )
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    parser.read(conf)
+    serverurl = parser.get("supervisorctl", "serverurl").replace("%(here)s", str(tmp_path))
+    assert serverurl == f"unix://{server['file']}"
+
+
+def test_a_missing_run_dir_is_a_clear_error(groups: dict[str, object], tmp_path: Path) -> None:
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(CONF.read_text())
+    with pytest.raises(ValueError, match=r"\.run/supervisord\.pid does not exist"):
+        _options(conf)
