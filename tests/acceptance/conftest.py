@@ -318,26 +318,27 @@ def login_role(admin_url: str, prefix: str, groups: Sequence[str]) -> Iterator[s
     """A LOGIN role that is only a member of `groups`: unique, since roles are cluster-wide.
 
     Its password is DB_PASSWORD (a trusting server ignores it, others need it). At the end
-    its sessions are ended, waited for, and the role dropped."""
-    name = f"{prefix}_{uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
-                sql.Identifier(name), sql.Literal(DB_PASSWORD)
+    its sessions are ended, waited for, and the role dropped - on a new connection, since
+    the chaos suite crashes the server in between."""
+    login = f"{prefix}_{uuid4().hex[:12]}"
+    name = sql.Identifier(login)
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL(
+                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
+                ).format(name, sql.Literal(DB_PASSWORD))
             )
-        )
-        try:
             for group in groups:
-                admin.execute(
-                    sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name))
-                )
-            yield name
-        finally:
+                admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), name))
+        yield login
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s",
-                (name,),
+                (login,),
             )
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
 
 
 @pytest.fixture
