@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import platform
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from psycopg import sql
 from stripe_standin.process import StandinProcess
 
 from bench import peers_venv, report, rpc_latency, throughput
-from bench.common import BENCH_DIR, ROOT, admin_url, database_url
+from bench.common import BENCH_DIR, ROOT, admin_url, as_login, database_url
 from bench.supervised import BenchSupervisord
 
 PREFIX = f"pw_bench_{os.getpid()}_"
@@ -39,6 +40,7 @@ def databases() -> Iterator[Any]:
     created: list[str] = []
     admin = psycopg.connect(admin_url(), autocommit=True)
     drop_stale(admin)
+    drop_stale_logins(admin)
 
     def create(name: str, template: str | None = None) -> str:
         full = PREFIX + name
@@ -72,6 +74,40 @@ def drop_stale(admin: psycopg.Connection[Any]) -> None:
             )
 
 
+def drop_stale_logins(admin: psycopg.Connection[Any]) -> None:
+    """Drops pw_bench_<pid>_worker logins left by an earlier run whose process is gone."""
+    rows = admin.execute("SELECT rolname FROM pg_roles WHERE rolname ~ '^pw_bench_[0-9]+_'")
+    for (name,) in rows.fetchall():
+        if not Path(f"/proc/{int(name.split('_')[2])}").exists():
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@contextlib.contextmanager
+def worker_login(groups: tuple[str, ...] = ("payment_worker",)) -> Iterator[tuple[str, str]]:
+    """(user, password) of a LOGIN role that is only a member of `groups`, as the workers
+    run in production; dropped at the end. The password matters only on a server that
+    asks for one."""
+    name, password = PREFIX + "worker", secrets.token_urlsafe(18)
+    with psycopg.connect(admin_url(), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(password)
+            )
+        )
+        try:
+            for group in groups:
+                admin.execute(
+                    sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name))
+                )
+            yield name, password
+        finally:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s",
+                (name,),
+            )
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
 def deploy(url: str) -> None:
     """sqitch deploy of schema/ into the database at `url`, as tests/pg.py does."""
     sqitch = os.environ.get("PW_SQITCH") or "sqitch"
@@ -101,7 +137,7 @@ def section_rpc(create: Any, args: argparse.Namespace, runs: Path) -> dict[str, 
         StandinProcess(latency_ms=0, quiet=True) as standin,
         BenchSupervisord(
             {
-                "DATABASE_URL": dsn,
+                "DATABASE_URL": as_login(dsn, *args.worker_login),
                 "STRIPE_API_KEY": "sk_test_payment_worker_bench",
                 "STRIPE_API_BASE": standin.url,
                 "RIVER_WORKER_COUNT": str(args.rpc_workers),
@@ -178,6 +214,7 @@ def section_throughput(create: Any, args: argparse.Namespace, runs: Path) -> lis
                 )
                 result = throughput.run(
                     dsn,
+                    as_login(dsn, *args.worker_login),
                     standin.url,
                     workers,
                     warmup=warmup,
@@ -313,9 +350,12 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()}
     }
     results["load_before"] = other_load()
-    with databases() as create:
+    with databases() as create, contextlib.ExitStack() as stack:
         log("deploying the schema into a template database (sqitch)")
         deploy(create("tpl"))
+        # The workers run as a payment_worker login (created once the deploy has made the
+        # group), the calls and the checks as the admin.
+        args.worker_login = stack.enter_context(worker_login())
         if "rpc" in args.only:
             log(f"RPC latency: {args.rpc_calls} sequential calls, stand-in at 0 ms")
             results["rpc"] = section_rpc(create, args, runs)

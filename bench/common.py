@@ -54,6 +54,14 @@ def database_url(dbname: str, base: str | None = None) -> str:
     return urlunsplit(parts._replace(path="/" + quote(dbname, safe="")))
 
 
+def as_login(url: str, user: str, password: str) -> str:
+    """`url` with its user and password replaced (both URL-encoded)."""
+    parts = urlsplit(url)
+    server = parts.netloc.rsplit("@", 1)[-1]
+    auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return urlunsplit(parts._replace(netloc=f"{auth}@{server}"))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

@@ -49,6 +49,7 @@ def worst_window(samples: list[tuple[float, int]], window: float) -> float:
 
 def run(
     dsn: str,
+    worker_dsn: str,
     standin_url: str,
     workers: int,
     *,
@@ -57,10 +58,11 @@ def run(
     tmp: Path,
     py_spy: Path | None = None,
 ) -> dict[str, Any]:
-    """One run; with `py_spy`, the first worker is sampled during the window and
-    tmp/profile.txt summarises it (bench/profile.py)."""
+    """One run: the workers connect with `worker_dsn`, the inserts and counts with `dsn`.
+    With `py_spy`, the first worker is sampled during the window and tmp/profile.txt
+    summarises it (bench/profile.py)."""
     env = {
-        "DATABASE_URL": dsn,
+        "DATABASE_URL": worker_dsn,
         "STRIPE_API_KEY": "sk_test_payment_worker_bench",
         "STRIPE_API_BASE": standin_url,
         "RIVER_WORKER_COUNT": str(workers),

@@ -12,12 +12,13 @@ from typing import TextIO
 from pythonjsonlogger.json import JsonFormatter
 
 # Shapes of secrets that must never reach a log, whatever code logged them:
-# Stripe keys, PaymentIntent client secrets, passwords in connection URLs
-# and in key=value connection strings.
+# Stripe keys (masked ones too: Stripe's errors quote `sk_test_****9999`),
+# PaymentIntent client secrets, passwords in connection URLs (up to the last
+# @: an unencoded password may hold more) and in key=value connection strings.
 _SECRET_PATTERNS = (
-    re.compile(r"\b(?:sk|rk)_(?:test|live)_[A-Za-z0-9_]+"),
+    re.compile(r"\b(?:sk|rk)_(?:test|live)_[A-Za-z0-9_*]*"),
     re.compile(r"\bpi_[A-Za-z0-9]+_secret_[A-Za-z0-9]+"),
-    re.compile(r"(?<=://)([^:/@\s]+):[^@\s]+(?=@)"),
+    re.compile(r"(?<=://)[^:/@\s]+:\S*(?=@)"),
     re.compile(r"(?i)\bpassword\s*=\s*\S+"),
 )
 

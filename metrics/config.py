@@ -9,6 +9,8 @@ from pathlib import Path
 
 import psycopg.conninfo
 
+from common.dburl import ConninfoError, check_conninfo
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message never holds a secret."""
@@ -29,9 +31,9 @@ class ExporterConfig:
         if not url:
             raise ConfigError("DATABASE_URL is required")
         try:
-            psycopg.conninfo.conninfo_to_dict(url)
-        except psycopg.ProgrammingError:
-            raise ConfigError("DATABASE_URL is not a valid PostgreSQL connection string") from None
+            check_conninfo(url, "DATABASE_URL")
+        except ConninfoError as exc:
+            raise ConfigError(str(exc)) from None
         raw_port = env.get("METRICS_PORT", "9187").strip()
         if not raw_port.isdigit() or not 0 <= int(raw_port) <= 65535:
             raise ConfigError(f"METRICS_PORT must be a port number, got {raw_port!r}")

@@ -50,8 +50,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# url_parts URL: shell assignments U_SAFE (URL without password), U_PASSWORD, U_TARGET
-# (sqitch target, without password) and U_ADMIN_DB (same server, database D: see below).
+# url_parts URL [D]: shell assignments U_SAFE (URL without password), U_USER, U_PASSWORD,
+# U_TARGET (sqitch target, without password), U_AS_WORKER (the same database as the login
+# payment_worker_app, no password) and U_WITH_DB (same server, database D: see below).
 url_parts() {
   "$VENV_BIN/python" - "$1" "${2:-}" <<'PY'
 import shlex, sys
@@ -66,8 +67,11 @@ if u.password is not None:
     netloc = netloc.rsplit("@", 1)
     netloc = netloc[0].split(":", 1)[0] + "@" + netloc[1]
 safe = urlunsplit(("postgresql", netloc, u.path, u.query, ""))
+server = u.netloc.rsplit("@", 1)[-1]
 values = {
     "U_SAFE": safe,
+    "U_USER": unquote(u.username or ""),
+    "U_AS_WORKER": urlunsplit(("postgresql", "payment_worker_app@" + server, u.path, u.query, "")),
     "U_PASSWORD": unquote(u.password or ""),
     "U_TARGET": "db:" + urlunsplit(("pg", netloc, u.path, u.query, "")),
     "U_WITH_DB": urlunsplit((u.scheme, u.netloc, "/" + dbname, u.query, "")) if dbname else "",
@@ -101,6 +105,27 @@ if [[ -n $U_PASSWORD ]]; then
   SQITCH_PASSWORD=$U_PASSWORD "$SQITCH" --chdir schema deploy "$U_TARGET"
 else
   "$SQITCH" --chdir schema deploy "$U_TARGET"
+fi
+
+# --- the workers' login --------------------------------------------------------------------
+# The workers need only the payment_worker group, not the admin who deployed. Where the admin
+# may create roles and the server lets a password-less login in (trust), they run as
+# payment_worker_app; otherwise as DATABASE_URL's user, with a warning.
+admin_psql() { PGPASSWORD=${U_PASSWORD:-${PGPASSWORD:-}} psql "$U_SAFE" -XAtq -v ON_ERROR_STOP=1 "$@"; }
+WORKER_LOGIN_SQL="SELECT 1 FROM pg_roles WHERE rolname = 'payment_worker_app' AND rolcanlogin
+  AND NOT rolsuper AND pg_has_role(oid, 'payment_worker', 'MEMBER')"
+if [[ $(admin_psql -c "$WORKER_LOGIN_SQL" 2>/dev/null) != 1 ]]; then
+  admin_psql -c "SELECT 1 FROM pg_roles WHERE rolname = 'payment_worker_app'" 2>/dev/null | grep -q 1 ||
+    admin_psql -c "CREATE ROLE payment_worker_app LOGIN IN ROLE payment_worker" >/dev/null 2>&1 || true
+fi
+if [[ $(admin_psql -c "$WORKER_LOGIN_SQL" 2>/dev/null) == 1 ]] &&
+  env -u PGPASSWORD PGPASSFILE=/dev/null psql "$U_AS_WORKER" -XAtqw -c "SELECT 1" >/dev/null 2>&1; then
+  export DATABASE_URL=$U_AS_WORKER
+  echo "workers: as payment_worker_app (a login in role payment_worker only)"
+else
+  echo "workers: WARNING: they run as ${U_USER:-the default user}, with the admin's privileges" \
+    "(no password-less login payment_worker_app in role payment_worker could be used;" \
+    "create a login IN ROLE payment_worker and give it to DATABASE_URL)"
 fi
 unset U_PASSWORD
 

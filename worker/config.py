@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import psycopg.conninfo
+from common.dburl import ConninfoError, check_conninfo
 
 
 class ConfigError(ValueError):
@@ -90,13 +90,9 @@ def _required(env: Mapping[str, str], name: str) -> str:
 def _database_url(env: Mapping[str, str]) -> str:
     url = _required(env, "DATABASE_URL")
     try:
-        psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        # psycopg's message may quote the string, password included.
-        raise ConfigError(
-            "DATABASE_URL is not a valid PostgreSQL connection string "
-            "(expected postgresql://user[:password]@host[:port]/dbname)"
-        ) from None
+        check_conninfo(url, "DATABASE_URL")
+    except ConninfoError as exc:
+        raise ConfigError(str(exc)) from None
     return url
 
 

@@ -98,10 +98,12 @@ class JobExecutor:
         context["duration_ms"] = _ms_since(started)
         context["error"] = failure.message
         if failure.permanent or job.attempt >= job.max_attempts:
-            reason = failure.message
             if not failure.permanent:
-                reason = f"gave up after {job.attempt} attempts: {failure.message}"
-            failed = [(failure.payment_id, reason)] if failure.payment_id else []
+                context["error"] = f"gave up after {job.attempt} attempts: {failure.message}"
+            # The caller gets a reason without internals; the detail is in errors[] and the log.
+            failed = []
+            if failure.payment_id:
+                failed = [(failure.payment_id, failure.caller_message(failure.payment_id))]
             ours = self._store.job_discard(job, error, failed)
             _finished(job, "discarded", started)
             log.error("job discarded" if ours else "job failed, no longer running", extra=context)

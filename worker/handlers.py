@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
+from common.jsonlog import redact
 from worker.models import Job, Payment, PaymentIntent
 from worker.stripe_gateway import StripeFailure, StripeGateway
 
@@ -15,9 +16,19 @@ class PaymentReader(Protocol):
     def payment_get(self, payment_id: UUID) -> Payment | None: ...
 
 
+def caller_reason(payment_id: UUID) -> str:
+    """What the caller reads of a failure whose detail is for the operator only.
+
+    The RPC raises it as `Payment intent creation failed: <this>`; keep it stable."""
+    return f"the payment could not be created (payment {payment_id}); the operator has the details"
+
+
 class JobFailure(Exception):
     """The job did not succeed. A permanent failure is not retried; `payment_id`
-    names the payment to mark failed when the job is given up."""
+    names the payment to mark failed when the job is given up.
+
+    `message` is the detail, for the job's errors[] and the log; `public_message`
+    is what the caller may read instead of `caller_reason` (a card decline)."""
 
     def __init__(
         self,
@@ -26,12 +37,18 @@ class JobFailure(Exception):
         permanent: bool,
         payment_id: UUID | None = None,
         request_id: str | None = None,
+        public_message: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
         self.payment_id = payment_id
         self.request_id = request_id
+        self.public_message = public_message
+
+    def caller_message(self, payment_id: UUID) -> str:
+        """The payment's error_message: scrubbed as a log line is, never the detail."""
+        return redact(self.public_message or caller_reason(payment_id))
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,7 @@ class CreatePaymentIntent:
                 permanent=exc.permanent,
                 payment_id=payment.id,
                 request_id=exc.request_id,
+                public_message=exc.public_message,
             ) from exc
         return Done(payment_id=payment.id, intent=intent)
 

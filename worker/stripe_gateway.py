@@ -28,8 +28,11 @@ _RETRY_WAITS = (0.5, 1.0, 2.0, 2.0, 2.0)
 
 
 class StripeFailure(Exception):
-    """A failed Stripe call; `message` is Stripe's own words (never a secret).
+    """A failed Stripe call; `message` is Stripe's own words, for the operator.
 
+    `public_message` is what the payer may read: Stripe's customer-facing text
+    of a card error (a decline, an expired card), None for every other
+    failure, whose words are about our account, our request or the network.
     `retry_now`: worth repeating at once within the attempt (a dropped
     connection, a timeout, 409, 5xx); otherwise a transient failure waits
     for the queue's backoff (429), and a permanent one is final."""
@@ -42,9 +45,11 @@ class StripeFailure(Exception):
         kind: str,
         request_id: str | None,
         retry_now: bool = False,
+        public_message: str | None = None,
     ):
         super().__init__(message)
         self.message = message
+        self.public_message = public_message
         self.permanent = permanent
         self.kind = kind
         self.request_id = request_id
@@ -154,4 +159,7 @@ def _failure(exc: stripe.StripeError) -> StripeFailure:
         kind=type(exc).__name__,
         request_id=exc.request_id,
         retry_now=retry_now,
+        # Only a card error is about the payer's card; the others (a wrong key, a bad
+        # parameter, a permission) would tell the caller about our account.
+        public_message=exc.user_message if isinstance(exc, stripe.CardError) else None,
     )

@@ -18,12 +18,15 @@ import socket
 import subprocess
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import psycopg
 import pytest
+from psycopg import sql
 from supervisor.xmlrpc import SupervisorTransport
 
 from stripe_standin.process import StandinProcess
@@ -312,15 +315,57 @@ class Supervisord:
 StartSupervisord = Callable[..., Supervisord]
 
 
+@contextmanager
+def login_role(admin_url: str, prefix: str, groups: Sequence[str]) -> Iterator[str]:
+    """A LOGIN role that is only a member of `groups`: unique, since roles are cluster-wide.
+
+    Its password is DB_PASSWORD (a trusting server ignores it, others need it). At the end
+    its sessions are ended, waited for, and the role dropped - on a new connection, since
+    the chaos suite crashes the server in between."""
+    login = f"{prefix}_{uuid4().hex[:12]}"
+    name = sql.Identifier(login)
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL(
+                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
+                ).format(name, sql.Literal(DB_PASSWORD))
+            )
+            for group in groups:
+                admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), name))
+        yield login
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s",
+                (login,),
+            )
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
+
+
+@pytest.fixture
+def worker_groups() -> tuple[str, ...]:
+    """The groups of the workers' login; a test module may override this fixture (say, to
+    add a group of the exporter's own)."""
+    return ("payment_worker",)
+
+
+@pytest.fixture
+def worker_login(database_url: str, worker_groups: tuple[str, ...]) -> Iterator[str]:
+    """The login supervisord's programs connect as: a member of `worker_groups` only."""
+    with login_role(database_url, "pw_accept", worker_groups) as name:
+        yield name
+
+
 @pytest.fixture
 def start_supervisord(
-    tmp_path: Path, database_url: str, standin: StandinProcess
+    tmp_path: Path, database_url: str, standin: StandinProcess, worker_login: str
 ) -> Iterator[StartSupervisord]:
     """start_supervisord(env) -> a running Supervisord with exactly `env` (plus base_env()).
     On teardown: SIGTERM, and it must exit 0 within stopwaitsecs.
 
-    Depends on the database and the stand-in only so that they are torn down after it:
-    workers must not watch their database being dropped under them."""
+    Depends on the database, the stand-in and the workers' login only so that they are
+    torn down after it: workers must not watch their database or role being dropped."""
     started: list[Supervisord] = []
 
     def start(env: Mapping[str, str], *, bare: bool = False) -> Supervisord:
@@ -341,14 +386,21 @@ def start_supervisord(
 
 @pytest.fixture
 def db_url(database_url: str, pw_database: psycopg.Connection) -> str:
-    """This test's database (the `database_url` fixture's), as a URL with a password in it."""
+    """This test's database as the admin (the superuser), as a URL with a password in it: for
+    psql acting as the RPC's caller and for the tests' own checks."""
     return database_url_with_password(pw_database.info.dbname)
 
 
 @pytest.fixture
-def worker_env(db_url: str, standin: StandinProcess) -> dict[str, str]:
+def worker_db_url(pw_database: psycopg.Connection, worker_login: str) -> str:
+    """This test's database as the workers' login, password in the URL: supervisord's."""
+    return pg.url(pw_database.info.dbname, user=worker_login, password=DB_PASSWORD)
+
+
+@pytest.fixture
+def worker_env(worker_db_url: str, standin: StandinProcess) -> dict[str, str]:
     return {
-        "DATABASE_URL": db_url,
+        "DATABASE_URL": worker_db_url,
         "STRIPE_API_KEY": API_KEY,
         "STRIPE_API_BASE": standin.url,
         "RIVER_WORKER_COUNT": "2",
@@ -364,3 +416,30 @@ def supervisor(start_supervisord: StartSupervisord, worker_env: dict[str, str]) 
     sup = start_supervisord(worker_env)
     sup.wait_workers_running(2)
     return sup
+
+
+def session_roles(admin_url: str) -> dict[str, set[str]]:
+    """application_name -> roles, of this database's sessions of our programs (the workers'
+    'payment-worker …', the exporter's 'payment-worker metrics')."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT application_name, usename::text FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE 'payment-worker%'"
+        ).fetchall()
+    found: dict[str, set[str]] = {}
+    for app, user in rows:
+        found.setdefault(app, set()).add(user)
+    return found
+
+
+def role_facts(admin_url: str, role: str) -> tuple[bool, list[str]]:
+    """(is a superuser, the roles it is a member of, directly or not)."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT r.rolsuper, array(SELECT g.rolname::text FROM pg_roles AS g"
+            " WHERE g.oid <> r.oid AND pg_has_role(r.oid, g.oid, 'MEMBER') ORDER BY 1)"
+            " FROM pg_roles AS r WHERE r.rolname = %s",
+            (role,),
+        ).fetchone()
+    assert row is not None, f"no role {role}"
+    return bool(row[0]), list(row[1])

@@ -25,7 +25,9 @@ from tests.acceptance.conftest import (
     fail_if_socket_in_use,
     pid_alive,
     psql_bin,
+    role_facts,
     rpc,
+    session_roles,
     wait_until,
 )
 from tests.pg import url as pg_url
@@ -102,6 +104,12 @@ def test_make_run_prints_a_working_psql_line_and_ctrl_c_stops_everything(
         workers = wait_until(ready, 60, lambda: f"no worker became RUNNING:\n{output()}")
         assert len(workers) == 1
         text = output()
+        # The admin deployed; the workers (and the exporter) connect as a login that is
+        # only in payment_worker, since this server trusts a password-less local login.
+        assert "workers: as payment_worker_app (a login in role payment_worker only)" in text
+        roles = wait_until(lambda: session_roles(url), 15, "no worker session in pg_stat_activity")
+        assert {user for users in roles.values() for user in users} == {"payment_worker_app"}
+        assert role_facts(url, "payment_worker_app") == (False, ["payment_worker"])
 
         # The printed lines, run as a developer pastes them into a shell.
         rpc_line = re.search(r"^\s*(psql .*create_payment_intent_sync.*)$", text, re.M)

@@ -29,6 +29,8 @@ from tests.acceptance.conftest import (
     psql,
     psql_bin,
     psql_ok,
+    role_facts,
+    session_roles,
     wait_until,
 )
 
@@ -155,6 +157,30 @@ BAD_INPUTS = [
 ]
 
 
+def test_the_workers_connect_as_their_login_which_is_no_superuser(
+    supervisor: Supervisord, db_url: str, worker_login: str, standin: StandinProcess
+) -> None:
+    payment = pay(db_url, 2500, "as the login")
+    assert payment["status"] == "pending"
+    workers = {p["pid"] for p in supervisor.workers("RUNNING").values()}
+    # Each worker's pool, and the three dedicated connections every worker keeps.
+    wanted = {"payment-worker listener", "payment-worker leases", "payment-worker leader"}
+
+    def all_connected() -> dict[str, set[str]] | None:
+        roles = session_roles(db_url)
+        pools = [app for app in roles if app.rsplit(":", 1)[-1].isdigit()]
+        pool_pids = {int(app.rsplit(":", 1)[-1]) for app in pools}
+        return roles if wanted <= set(roles) and pool_pids == workers else None
+
+    roles = wait_until(
+        all_connected, 15, lambda: f"not every worker connection is open: {session_roles(db_url)}"
+    )
+    assert {user for users in roles.values() for user in users} == {worker_login}
+    superuser, member_of = role_facts(db_url, worker_login)
+    assert superuser is False
+    assert member_of == ["payment_worker"]
+
+
 def test_bad_input_through_psql_is_a_clear_error_and_records_nothing(
     supervisor: Supervisord, db_url: str, standin: StandinProcess
 ) -> None:
@@ -174,10 +200,10 @@ def test_bad_input_through_psql_is_a_clear_error_and_records_nothing(
 
 
 def test_without_river_worker_count_one_worker_runs(
-    start_supervisord: StartSupervisord, db_url: str, standin: StandinProcess
+    start_supervisord: StartSupervisord, db_url: str, worker_db_url: str, standin: StandinProcess
 ) -> None:
     env = {
-        "DATABASE_URL": db_url,
+        "DATABASE_URL": worker_db_url,
         "STRIPE_API_KEY": API_KEY,
         "STRIPE_API_BASE": standin.url,
         "PATH": base_env()["PATH"],
@@ -256,11 +282,11 @@ def test_sigterm_mid_job_finishes_the_job_exits_0_and_is_restarted(
 
 @pytest.mark.timeout(60)
 def test_bad_config_is_one_clear_json_line_without_secrets(
-    start_supervisord: StartSupervisord, db_url: str, standin: StandinProcess
+    start_supervisord: StartSupervisord, worker_db_url: str, standin: StandinProcess
 ) -> None:
-    assert DB_PASSWORD in db_url
+    assert DB_PASSWORD in worker_db_url
     env = {
-        "DATABASE_URL": db_url,
+        "DATABASE_URL": worker_db_url,
         "STRIPE_API_KEY": API_KEY,
         "STRIPE_API_BASE": standin.url,
         "RIVER_WORKER_COUNT": "1",

@@ -166,8 +166,10 @@ class PrivateCluster:
 
     # --- databases -----------------------------------------------------------------------
 
-    def url(self, dbname: str) -> str:
-        return f"postgresql://{quote(self.user)}@127.0.0.1:{self.port}/{quote(dbname, safe='')}"
+    def url(self, dbname: str, user: str | None = None) -> str:
+        """As the cluster's superuser unless `user` is given (trust: no password needed)."""
+        who = quote(user or self.user, safe="")
+        return f"postgresql://{who}@127.0.0.1:{self.port}/{quote(dbname, safe='')}"
 
     def create_database(self, name: str) -> str:
         """CREATE DATABASE name, schema deployed by real sqitch; returns its URL."""

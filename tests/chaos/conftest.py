@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from tests.acceptance.conftest import Supervisord, base_env
+from tests.acceptance.conftest import Supervisord, base_env, login_role
 from tests.chaos.cluster import PrivateCluster
 
 SUMMARY_LINES = pytest.StashKey[list[str]]()
@@ -42,9 +43,32 @@ def chaos_db(pg_cluster: PrivateCluster, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def start_supervisord(tmp_path: Path, pg_cluster: PrivateCluster) -> Iterator[StartSupervisord]:
+def worker_groups() -> tuple[str, ...]:
+    """The groups of the workers' login (override to add, say, an exporter's group)."""
+    return ("payment_worker",)
+
+
+@pytest.fixture
+def worker_login(chaos_db: str, worker_groups: tuple[str, ...]) -> Iterator[str]:
+    """A LOGIN role in the private cluster that is only a member of `worker_groups`."""
+    with login_role(chaos_db, "pw_chaos", worker_groups) as name:
+        yield name
+
+
+@pytest.fixture
+def worker_url(pg_cluster: PrivateCluster, chaos_db: str, worker_login: str) -> str:
+    """chaos_db as the workers' login: supervisord's DATABASE_URL. The suite's own inserts
+    and checks keep chaos_db, the superuser's."""
+    return pg_cluster.url(str(conninfo_to_dict(chaos_db)["dbname"]), user=worker_login)
+
+
+@pytest.fixture
+def start_supervisord(
+    tmp_path: Path, pg_cluster: PrivateCluster, worker_login: str
+) -> Iterator[StartSupervisord]:
     """start_supervisord(env) -> a running Supervisord (env plus base_env()); stopped at
-    teardown, before the cluster (its workers must not outlive their database)."""
+    teardown, before the cluster and the workers' login (its workers must outlive
+    neither)."""
     started: list[Supervisord] = []
 
     def start(env: Mapping[str, str]) -> Supervisord:

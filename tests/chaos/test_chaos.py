@@ -25,10 +25,17 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from stripe_standin.process import StandinProcess
-from tests.acceptance.conftest import Supervisord, rpc, wait_until, worker_stopwaitsecs
+from tests.acceptance.conftest import (
+    Supervisord,
+    rpc,
+    session_roles,
+    wait_until,
+    worker_stopwaitsecs,
+)
 from tests.chaos.cluster import PrivateCluster
 from tests.chaos.conftest import Record, StartSupervisord
 from worker.maintenance import RESCUE_ERROR
@@ -285,6 +292,7 @@ def attempt_story(errors: list[dict[str, Any]] | None) -> str:
 def test_payments_made_exactly_once_through_kills_a_crash_and_stripe_faults(
     pg_cluster: PrivateCluster,
     chaos_db: str,
+    worker_url: str,
     start_supervisord: StartSupervisord,
     record_summary: Record,
 ) -> None:
@@ -292,13 +300,17 @@ def test_payments_made_exactly_once_through_kills_a_crash_and_stripe_faults(
     with StandinProcess(latency_ms=LATENCY_MS, seed=SEED, quiet=True, **FAULTS) as standin:
         sup = start_supervisord(
             {
-                "DATABASE_URL": url,
+                "DATABASE_URL": worker_url,
                 "STRIPE_API_KEY": API_KEY,
                 "STRIPE_API_BASE": standin.url,
                 "RIVER_WORKER_COUNT": str(WORKERS),
             }
         )
         sup.wait_workers_running(WORKERS)
+        roles = session_roles(url)
+        assert roles, "no worker session in pg_stat_activity"
+        login = conninfo_to_dict(worker_url)["user"]
+        assert {user for users in roles.values() for user in users} == {login}
 
         chaos = Chaos(url)
         try:
@@ -441,13 +453,13 @@ def test_payments_made_exactly_once_through_kills_a_crash_and_stripe_faults(
 @pytest.mark.chaos
 @pytest.mark.timeout(150)
 def test_backlog_inserted_while_every_worker_is_down_is_processed_on_their_return(
-    chaos_db: str, start_supervisord: StartSupervisord, record_summary: Record
+    chaos_db: str, worker_url: str, start_supervisord: StartSupervisord, record_summary: Record
 ) -> None:
     url = chaos_db
     with StandinProcess(latency_ms=LATENCY_MS, seed=SEED, quiet=True) as standin:
         sup = start_supervisord(
             {
-                "DATABASE_URL": url,
+                "DATABASE_URL": worker_url,
                 "STRIPE_API_KEY": API_KEY,
                 "STRIPE_API_BASE": standin.url,
                 "RIVER_WORKER_COUNT": str(WORKERS),

@@ -16,6 +16,7 @@ from stripe_standin.client import (
     drop,
     lose_response,
     rate_limit,
+    scripted_error,
 )
 from stripe_standin.process import StandinProcess
 from tests.integration.conftest import API_KEY
@@ -29,7 +30,7 @@ from tests.integration.rows import (
     payment_row,
 )
 from worker.executor import JobExecutor
-from worker.handlers import CreatePaymentIntent
+from worker.handlers import CreatePaymentIntent, caller_reason
 from worker.models import Job
 from worker.store import Store
 from worker.stripe_gateway import StripeGateway, StripeSettings
@@ -144,7 +145,9 @@ def test_giving_up_after_the_last_attempt_fails_the_payment(
     assert all(set(entry) == ERROR_KEYS for entry in row["errors"])
     stored = payment_row(conn, payment_id)
     assert stored["status"] == "failed"
-    assert stored["error_message"] == "gave up after 2 attempts: An unknown error occurred."
+    # The caller learns which payment failed; why is in errors[] and the log.
+    assert stored["error_message"] == caller_reason(payment_id)
+    assert [entry["error"] for entry in row["errors"]] == ["An unknown error occurred."] * 2
     assert creates(standin) == 2
     assert standin.admin.intents_with_metadata("payment_id", str(payment_id)) == []
 
@@ -166,6 +169,93 @@ def test_card_error_fails_the_payment_at_once(
     stored = payment_row(conn, payment_id)
     assert (stored["status"], stored["error_message"]) == ("failed", "Your card was declined.")
     assert stored["provider_payment_id"] is None
+
+
+# What Stripe answers a request made with a wrong key: its message quotes the key, masked.
+INVALID_KEY = scripted_error(
+    401, "invalid_request_error", "Invalid API Key provided: sk_test_****9999"
+)
+
+
+@pytest.mark.parametrize(
+    ("refusal", "detail"),
+    [
+        (INVALID_KEY, "Invalid API Key provided: [redacted]"),
+        (
+            scripted_error(
+                403,
+                "invalid_request_error",
+                "The provided key 'rk_test_****abcd' does not have access to account acct_1X",
+            ),
+            "The provided key '[redacted]' does not have access to account acct_1X",
+        ),
+        (
+            scripted_error(
+                400, "invalid_request_error", "No such customer: 'cus_9s6XKzkNRiz8i3'", param="x"
+            ),
+            "No such customer: 'cus_9s6XKzkNRiz8i3'",
+        ),
+    ],
+    ids=["authentication", "permission", "invalid_request"],
+)
+def test_a_refusal_that_is_not_about_the_card_gives_the_caller_no_internals(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    *,
+    caplog: pytest.LogCaptureFixture,
+    refusal: dict[str, Any],
+    detail: str,
+) -> None:
+    payment_id = insert_payment(conn, currency=CONFIGURED, description="Order 42")
+    standin.admin.script([refusal])
+    job = claim(store, "test-worker")
+
+    with caplog.at_level(logging.ERROR, logger="worker.executor"):
+        executor.execute(job)
+
+    stored = payment_row(conn, payment_id)
+    assert stored["status"] == "failed"
+    message = stored["error_message"]
+    assert message == (
+        f"the payment could not be created (payment {payment_id}); the operator has the details"
+    )
+    stripes_words = refusal["error"]["message"]
+    for internal in ("sk_test_", "rk_test_", "9999", "Invalid API Key", "acct_", "cus_", "key"):
+        assert internal not in message
+    assert stripes_words not in message
+    # The operator still has the whole detail: on the job, scrubbed, and in the log line.
+    row = job_row(conn, job.id)
+    assert (row["state"], row["attempt"]) == ("discarded", 1)
+    (entry,) = row["errors"]
+    assert entry["error"] == detail
+    assert "9999" not in entry["trace"] and "abcd" not in entry["trace"]
+    (record,) = [r for r in caplog.records if r.getMessage() == "job discarded"]
+    assert vars(record)["error"] == stripes_words
+    assert vars(record)["payment_id"] == str(payment_id)
+
+
+def test_a_card_error_message_is_scrubbed_before_the_caller_sees_it(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    payment_id = insert_payment(conn, currency=CONFIGURED, description="Order 42")
+    standin.admin.script(
+        [
+            scripted_error(
+                402,
+                "card_error",
+                "Declined for sk_test_51Hleaked0key and pi_3Nabc_secret_XYZ123, sorry.",
+                code="card_declined",
+            )
+        ]
+    )
+
+    executor.execute(claim(store, "test-worker"))
+
+    stored = payment_row(conn, payment_id)
+    assert stored["status"] == "failed"
+    assert stored["error_message"] == "Declined for [redacted] and [redacted], sorry."
 
 
 def test_lost_response_then_retry_creates_exactly_one_intent(
@@ -267,7 +357,9 @@ def test_a_payment_in_another_currency_fails_without_charging(
     assert job_row(conn, job.id)["state"] == "discarded"
     stored = payment_row(conn, payment_id)
     assert stored["status"] == "failed"
-    assert stored["error_message"] == (
+    assert stored["error_message"] == caller_reason(payment_id)
+    (entry,) = job_row(conn, job.id)["errors"]
+    assert entry["error"] == (
         "payment is in EUR but this worker charges in USD (PAYMENT_CURRENCY); not charged"
     )
     assert standin.admin.stats()["requests"]["total"] == 0

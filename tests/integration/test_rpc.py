@@ -9,7 +9,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from stripe_standin.client import card_declined
+from stripe_standin.client import card_declined, scripted_error
 from stripe_standin.process import StandinProcess
 from tests.integration.conftest import RunningWorker
 
@@ -159,6 +159,25 @@ def test_permanent_stripe_failure_raises_stripes_message(
     assert row == ("failed", "Your card was declined.")
     job = conn.execute("SELECT state, attempt FROM metadata.river_job").fetchone()
     assert job == ("discarded", 1)
+
+
+def test_a_wrong_api_key_is_not_the_callers_to_read(
+    conn: psycopg.Connection, running_worker: RunningWorker, standin: StandinProcess
+) -> None:
+    standin.admin.script(
+        [scripted_error(401, "invalid_request_error", "Invalid API Key provided: sk_test_****9999")]
+    )
+    with pytest.raises(psycopg.errors.RaiseException) as err:
+        conn.execute(RPC, (2500, "wrong key"))
+    row = conn.execute("SELECT id, status FROM payments.transactions").fetchone()
+    assert row is not None and row[1] == "failed"
+    raised = str(err.value).splitlines()[0]
+    assert raised == (
+        f"Payment intent creation failed: the payment could not be created (payment {row[0]});"
+        " the operator has the details"
+    )
+    for internal in ("Invalid API Key", "sk_test_", "9999"):
+        assert internal not in str(err.value)
 
 
 def test_loopback_failure_is_a_clear_error_and_records_nothing(conn: psycopg.Connection) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from metrics.config import ExporterConfig
 from worker.config import Config, ConfigError
 
 BASE = {
@@ -79,3 +82,67 @@ def test_repr_hides_secrets() -> None:
     assert "pa55word" not in text
     assert "sk_test_51H" not in text
     assert "payment_currency='USD'" in text
+
+
+# Passwords a user might paste into DATABASE_URL as they are, not URL-encoded.
+UNENCODED = {
+    "at": "Zq7@Kp3wXm",
+    "two_ats": "Zq7@Kp@3wXm",
+    "slash": "Zq7/Kp3wXm",
+    "question_mark": "Zq7?Kp3wXm",
+    "hash": "Zq7#Kp3wXm",
+    "brackets": "Zq7[Kp]3wXm",
+    "space": "Zq7 Kp3wXm",
+    "slash_digits": "8812/4471",
+    "hash_digits": "8812#4471",
+    "question_mark_digits": "8812?4471",
+}
+
+
+def _substrings(secret: str, shortest: int = 3) -> set[str]:
+    return {secret[i:j] for i in range(len(secret)) for j in range(i + shortest, len(secret) + 1)}
+
+
+@pytest.mark.parametrize("password", UNENCODED.values(), ids=UNENCODED.keys())
+@pytest.mark.parametrize(
+    "load", [Config.from_env, ExporterConfig.from_env], ids=["worker", "exporter"]
+)
+def test_an_unencoded_password_in_a_url_is_refused_without_quoting_it(
+    password: str, load: Callable[[dict[str, str]], object]
+) -> None:
+    url = f"postgresql://payments_app:{password}@db.internal:5432/app"
+    with pytest.raises(ValueError) as err:
+        load({**BASE, "DATABASE_URL": url})
+    message = str(err.value)
+    assert message.startswith("DATABASE_URL ")
+    assert "URL-encode the password (e.g. @ as %40)" in message
+    assert "payments_app" not in message
+    leaked = [part for part in _substrings(password) if part in message]
+    assert leaked == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://payments_app:Zq7%40Kp%2F3w%3FX%23m%5B%5D%20@db.internal:5432/app",
+        "postgres://payments_app:pa55word@db.internal/app?sslmode=require&application_name=a@b",
+        "postgresql://payments_app@[::1]:5432,db2.internal:5433/app",
+        "postgresql:///app?host=/var/run/postgresql",
+        "postgresql://u:pa:ss@db.internal/app",
+        "host=db.internal dbname=app user=payments_app password=Zq7@Kp/3w?X#m",
+        "host=db.internal dbname=app password='Zq7 @Kp'",
+    ],
+    ids=["encoded", "at_in_query", "ipv6_multihost", "socket", "colon", "keyword", "quoted"],
+)
+def test_valid_connection_strings_pass(url: str) -> None:
+    assert Config.from_env({**BASE, "DATABASE_URL": url}).database_url == url
+    assert ExporterConfig.from_env({"DATABASE_URL": url}).database_url == url
+
+
+def test_a_malformed_url_with_an_at_gets_the_encoding_hint() -> None:
+    with pytest.raises(ConfigError) as err:
+        Config.from_env({**BASE, "DATABASE_URL": "postgresql://u:Zq7%zzKp3wXm@db.internal/app"})
+    message = str(err.value)
+    assert "DATABASE_URL is not a valid PostgreSQL connection string" in message
+    assert "URL-encode the password" in message
+    assert [part for part in _substrings("Zq7%zzKp3wXm") if part in message] == []

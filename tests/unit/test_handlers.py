@@ -7,7 +7,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from worker.handlers import CreatePaymentIntent, Done, JobFailure
+from worker.handlers import CreatePaymentIntent, Done, JobFailure, caller_reason
 from worker.models import Job, Payment
 from worker.stripe_gateway import StripeGateway, StripeSettings
 
@@ -68,6 +68,9 @@ def test_currency_mismatch_fails_the_payment_uncharged() -> None:
     assert err.value.payment_id == p.id
     assert "EUR" in err.value.message
     assert "not charged" in err.value.message
+    # Which currencies this worker is set up for is the operator's business.
+    assert err.value.caller_message(p.id) == caller_reason(p.id)
+    assert "EUR" not in err.value.caller_message(p.id)
 
 
 def test_unreachable_stripe_is_transient() -> None:
@@ -77,3 +80,20 @@ def test_unreachable_stripe_is_transient() -> None:
         handler.work(job({"payment_id": str(p.id)}))
     assert not err.value.permanent
     assert err.value.payment_id == p.id
+
+
+def test_the_caller_reason_names_the_payment_and_nothing_else() -> None:
+    p = payment()
+    failure = JobFailure("Invalid API Key provided: sk_test_****9999", permanent=True)
+    assert failure.caller_message(p.id) == (
+        f"the payment could not be created (payment {p.id}); the operator has the details"
+    )
+
+
+def test_a_public_message_is_scrubbed_like_a_log_line() -> None:
+    failure = JobFailure(
+        "detail",
+        permanent=True,
+        public_message="declined for sk_live_abc123 and pi_3Nabc_secret_XYZ",
+    )
+    assert failure.caller_message(uuid4()) == "declined for [redacted] and [redacted]"

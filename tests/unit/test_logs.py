@@ -22,6 +22,13 @@ def test_redact_known_secret_shapes() -> None:
     assert "postgresql://[redacted]@db:5432/x" in clean
 
 
+def test_redact_a_masked_key_and_a_password_with_unencoded_ats() -> None:
+    clean = logs.redact(
+        "Invalid API Key provided: sk_test_****9999; url postgresql://app:p@ss@w0rd@db:5432/x"
+    )
+    assert clean == "Invalid API Key provided: [redacted]; url postgresql://[redacted]@db:5432/x"
+
+
 def test_redact_listed_values() -> None:
     clean = logs.redact("the password is plain-words", ["plain-words"])
     assert clean == "the password is [redacted]"

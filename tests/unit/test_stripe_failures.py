@@ -32,6 +32,29 @@ def test_classification(error: stripe.StripeError, permanent: bool) -> None:
     assert failure.kind == type(error).__name__
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        stripe.InvalidRequestError("No such customer: cus_123", "customer"),
+        stripe.AuthenticationError("Invalid API Key provided: sk_test_****9999"),
+        stripe.PermissionError("The provided key does not have access to account acct_1"),
+        stripe.IdempotencyError("Keys for idempotent requests can only be used once"),
+        stripe.APIConnectionError("connection reset"),
+        stripe.RateLimitError("Too many requests"),
+        stripe.APIError("internal error", http_status=500),
+    ],
+)
+def test_only_a_card_error_has_words_for_the_caller(error: stripe.StripeError) -> None:
+    failure = _failure(error)
+    assert failure.public_message is None
+    assert failure.message == error.user_message  # the detail stays, for the operator
+
+
+def test_a_card_error_keeps_stripes_customer_facing_message() -> None:
+    decline = stripe.CardError("Your card has insufficient funds.", None, "card_declined")
+    assert _failure(decline).public_message == "Your card has insufficient funds."
+
+
 def test_stripe_should_retry_header_wins() -> None:
     retry = stripe.InvalidRequestError("busy", None, headers={"stripe-should-retry": "true"})
     assert _failure(retry).permanent is False
