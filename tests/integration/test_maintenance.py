@@ -373,7 +373,7 @@ def test_the_scheduler_loop_of_the_leader_makes_a_due_retryable_job_available(
             thread.join(timeout=5)
     assert not thread.is_alive()
     assert job_state(conn, later[0]) == "retryable"
-    (job,) = store.job_get_available(QUEUE, 10, "w")
+    (job,) = store.job_get_available(10, "w")
     assert (job.id, job.attempt) == (due, 2)
 
 
@@ -405,7 +405,7 @@ def test_a_job_whose_lease_connection_died_is_made_available_at_once(
     payment_id = insert_payment(conn)
     dead = make_store()
     job = claim(dead, "doomed-worker")
-    assert job.leased
+    assert job.lease_token is not None
     pid = lease_holder(conn, job.id)
     assert pid is not None
     rescuer, wake = make_rescuer(make_store(), stop)
@@ -437,7 +437,7 @@ def test_a_job_whose_lease_connection_died_is_made_available_at_once(
     assert rescuer.run_once() == 0
     taker = make_store()
     again = claim(taker, "live-worker")
-    assert again.leased
+    assert again.lease_token is not None
     assert (again.id, again.attempt) == (job.id, 2)
     assert rescuer.run_once() == 0
 
@@ -448,9 +448,9 @@ def test_a_job_leased_by_a_live_worker_is_left_alone(
     insert_payment(conn)
     insert_payment(conn)
     live = make_store()
-    jobs = live.job_get_available(QUEUE, 10, "live-worker")
+    jobs = live.job_get_available(10, "live-worker")
     assert len(jobs) == 2
-    assert all(job.leased for job in jobs)
+    assert all(job.lease_token is not None for job in jobs)
     before = {job.id: job_row_or_none(conn, job.id) for job in jobs}
     rescuer, wake = make_rescuer(make_store(), stop)
 
@@ -468,7 +468,7 @@ def test_a_leased_job_running_longer_than_stuck_after_is_rescued_anyway(
     insert_payment(conn)
     insert_payment(conn)
     stuck_worker = make_store()
-    stuck, slow = stuck_worker.job_get_available(QUEUE, 2, "stuck-worker")
+    stuck, slow = stuck_worker.job_get_available(2, "stuck-worker")
     conn.execute(
         "UPDATE metadata.river_job SET attempted_at = now() - interval '61 s' WHERE id = %s",
         (stuck.id,),
@@ -509,7 +509,7 @@ def test_an_orphan_at_max_attempts_is_discarded_and_fails_its_pending_payment(
         ([str(p) for p in (waiting, cancelled, answered)],),
     )
     dead = make_store()
-    jobs = {UUID(job.args["payment_id"]): job for job in dead.job_get_available(QUEUE, 10, "w")}
+    jobs = {UUID(job.args["payment_id"]): job for job in dead.job_get_available(10, "w")}
     assert {p: job.attempt for p, job in jobs.items()} == {
         waiting: 3,
         cancelled: 3,
@@ -610,7 +610,7 @@ def test_a_job_whose_outcome_is_being_recorded_is_not_rescued(
     insert_payment(conn)
     worker = make_store()
     job = claim(worker, "doomed-worker")
-    assert job.leased
+    assert job.lease_token is not None
     pid = lease_holder(conn, job.id)
     assert pid is not None
     rescuer, _ = make_rescuer(make_store(), stop)
