@@ -1,8 +1,9 @@
 """The leader's maintenance against real PostgreSQL: Leadership, the loops it gates, and the
 Scheduler, Rescuer and Cleaner, one `run_once()` at a time.
 
-Deaths are real: a Store closed, a backend terminated, a worker process killed. A lease is
-found the way the rescuer finds it, in pg_locks."""
+Deaths are real: a Store closed, a backend terminated, a worker process killed. A lease or
+the leadership is found the way the functions find it: a row naming a backend alive in
+pg_stat_activity."""
 
 from __future__ import annotations
 
@@ -35,13 +36,16 @@ from tests.integration.rows import (
     job_id_of,
     job_row,
     job_row_or_none,
+    lease_holder,
+    leader_pid,
     listen,
     payment_row,
     received_before_sentinel,
+    set_queue,
 )
 from tests.integration.waiting import wait_until
 from worker.maintenance import RESCUE_ERROR, Cleaner, LeaderLoop, Leadership, Rescuer, Scheduler
-from worker.store import LEASE_NAMESPACE, Store
+from worker.store import Store
 
 OTHER_QUEUE = "other_queue"
 ERROR_KEYS = {"at", "attempt", "error", "trace"}
@@ -117,29 +121,6 @@ def insert_job(
 def job_state(conn: psycopg.Connection, job_id: int) -> str | None:
     row = job_row_or_none(conn, job_id)
     return None if row is None else str(row["state"])
-
-
-def lease_holder(conn: psycopg.Connection, job_id: int) -> int | None:
-    """The backend holding the job's lease, as the rescuer looks for it."""
-    row = conn.execute(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND classid = %s::int::oid AND objid = (%s::bigint %% 2147483647)::oid"
-        " AND objsubid = 2",
-        (LEASE_NAMESPACE, job_id),
-    ).fetchone()
-    return None if row is None else int(row[0])
-
-
-def leader_pid(conn: psycopg.Connection) -> int | None:
-    """The backend holding the maintenance leadership (second key -1)."""
-    row = conn.execute(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND classid = %s::int::oid AND objid = (-1)::int::oid AND objsubid = 2",
-        (LEASE_NAMESPACE,),
-    ).fetchone()
-    return None if row is None else int(row[0])
 
 
 def the_leader(conn: psycopg.Connection) -> int:
@@ -255,6 +236,50 @@ def test_a_leader_whose_connection_was_killed_stops_leading_then_leads_again(
     assert (a.held, b.held) == (False, True)
 
 
+def test_a_live_leader_cannot_be_displaced_even_under_its_own_id(
+    conn: psycopg.Connection, make_store: MakeStore, stop: threading.Event
+) -> None:
+    """Leadership belongs to a session, not a name: another worker claiming the leader's id,
+    or asking over and over, still does not lead while the leader's session lives."""
+    a = Leadership(make_store(), stop=stop, leader_id="worker-a")
+    thief_store = make_store()
+    assert a.run_once() is True
+    held_by = the_leader(conn)
+    for leader_id in ("worker-a", "worker-b", "worker-a"):
+        assert thief_store.leader_elect(leader_id) is False
+        assert a.run_once() is True
+    assert the_leader(conn) == held_by
+    row = conn.execute("SELECT leader_id FROM payments.worker_leader").fetchone()
+    assert row == ("worker-a",)
+
+
+def test_an_expired_leadership_is_taken_and_its_old_holder_learns_it(
+    conn: psycopg.Connection, make_store: MakeStore, stop: threading.Event
+) -> None:
+    """A leader that stopped renewing (alive, but cut off) is replaced once its election
+    expires; when it comes back its renewal fails and it stops leading."""
+    a, b = Leadership(make_store(), stop=stop), Leadership(make_store(), stop=stop)
+    assert a.run_once() is True
+    assert b.run_once() is False
+    conn.execute("UPDATE payments.worker_leader SET expires_at = now() - interval '1 s'")
+
+    assert b.run_once() is True
+    assert a.run_once() is False
+    assert (a.held, b.held) == (False, True)
+
+
+def test_a_leader_that_cannot_renew_stops_leading_when_its_ttl_runs_out(
+    conn: psycopg.Connection, make_store: MakeStore, stop: threading.Event
+) -> None:
+    a = Leadership(make_store(), stop=stop, interval=0.5, ttl=1.0)
+    asked = time.monotonic()
+    assert a.run_once() is True
+    assert a.held
+    # No renewal: held until the ttl, counted from before the last request, is over.
+    wait_until(lambda: not a.held, timeout=3, what="the leadership to lapse")
+    assert 1.0 <= time.monotonic() - asked < 1.1
+
+
 # --- LeaderLoop: only while leading ---------------------------------------------------------
 
 
@@ -296,7 +321,7 @@ LOOPS: dict[str, LoopCase] = {
     ),
     "cleaner": (
         lambda store, leadership, stop: Cleaner(
-            store, leadership, queue=QUEUE, stop=stop, completed_retention=60, interval=0.01
+            store, leadership, queue=QUEUE, stop=stop, completed_retention=3600, interval=0.01
         ),
         lambda conn: insert_job(conn, state="completed", finalized_ago="2 hours"),
         lambda conn, job_id: job_row_or_none(conn, job_id) is None,
@@ -482,9 +507,11 @@ def test_a_leased_job_running_longer_than_stuck_after_is_rescued_anyway(
 
     assert rescuer.run_once() == 1
 
-    # Both leases are still held: only the time bound told them apart.
-    assert lease_holder(conn, stuck.id) is not None
-    assert lease_holder(conn, slow.id) is not None
+    # One live session held both: only the time bound told them apart. The stuck job's
+    # lease went with its rescue; the slow one's is still held.
+    worker_pid = lease_holder(conn, slow.id)
+    assert worker_pid is not None and backend_alive(conn, worker_pid)
+    assert lease_holder(conn, stuck.id) is None
     row = job_row(conn, stuck.id)
     assert (row["state"], row["attempt"]) == ("available", 1)
     assert [entry["error"] for entry in row["errors"]] == [RESCUE_ERROR]
@@ -574,6 +601,7 @@ def test_the_rescuer_never_touches_another_queue(
     assert {job_id: job_row_or_none(conn, job_id) for job_id in others} == before
     assert not wake.is_set()
     # The same rows are orphans to that queue's own rescuer: the queue alone kept them out.
+    set_queue(conn, OTHER_QUEUE)
     other_rescuer, _ = make_rescuer(make_store(), stop, stuck_after=60, queue=OTHER_QUEUE)
     assert other_rescuer.run_once() == 3
 
