@@ -86,7 +86,8 @@ def database_state(conn: psycopg.Connection) -> tuple[object, ...]:
 # What the audit did as payment_worker; each must now be refused outright.
 WORKER_ATTACKS = {
     "set-succeeded": "UPDATE payments.transactions SET status = 'succeeded'",
-    "swap-client-secret": "UPDATE payments.transactions SET provider_client_secret = 'pi_m_secret_m'",
+    "swap-client-secret": "UPDATE payments.transactions"
+    " SET provider_client_secret = 'pi_m_secret_m'",
     "fail-pending": "UPDATE payments.transactions SET status = 'failed', error_message = 'x'"
     " WHERE status = 'pending'",
     "read-client-secrets": "SELECT provider_client_secret FROM payments.transactions",
@@ -100,12 +101,14 @@ WORKER_ATTACKS = {
     "change-owner": "UPDATE payments.transactions SET user_id = 'mallory'",
     "call-the-rpc": "SELECT create_payment_intent_sync(2500, 'x')",
     "read-jobs": "SELECT id FROM metadata.river_job",
-    "rewrite-kind-our-queue": "UPDATE metadata.river_job SET kind = 'evil' WHERE queue = 'payments'",
+    "rewrite-kind-our-queue": "UPDATE metadata.river_job SET kind = 'evil'"
+    " WHERE queue = 'payments'",
     "rewrite-args-our-queue": "UPDATE metadata.river_job SET args = '{\"payment_id\": null}'"
     " WHERE queue = 'payments'",
     "rewrite-state-our-queue": "UPDATE metadata.river_job SET state = 'completed',"
     " finalized_at = now() WHERE queue = 'payments'",
-    "rewrite-kind-other-queue": "UPDATE metadata.river_job SET kind = 'evil' WHERE queue = 'default'",
+    "rewrite-kind-other-queue": "UPDATE metadata.river_job SET kind = 'evil'"
+    " WHERE queue = 'default'",
     "rewrite-state-other-queue": "UPDATE metadata.river_job SET state = 'discarded',"
     " finalized_at = now() WHERE queue = 'default'",
     "insert-job": "INSERT INTO metadata.river_job (kind, args, max_attempts) VALUES ('k', '{}', 1)",

@@ -22,8 +22,8 @@ from tests.integration.rows import (
     insert_payment,
     job_row,
     job_row_or_none,
-    lease_holder,
     leader_pid,
+    lease_holder,
     payment_row,
 )
 from worker.maintenance import Cleaner, Leadership, Rescuer, Scheduler
@@ -359,9 +359,7 @@ def test_a_stranger_holding_the_old_lock_keys_stops_no_maintenance(
         assert Rescuer(store, leadership, queue=QUEUE, wake=wake, stop=stop).run_once() == 1
         assert Cleaner(store, leadership, queue=QUEUE, stop=stop).run_once() == 0  # 24 h
         assert (
-            Cleaner(
-                store, leadership, queue=QUEUE, stop=stop, completed_retention=3600
-            ).run_once()
+            Cleaner(store, leadership, queue=QUEUE, stop=stop, completed_retention=3600).run_once()
             == 1
         )
         claimed = {job.id for job in store.job_get_available(10, "w")}
