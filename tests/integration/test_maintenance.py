@@ -199,6 +199,8 @@ def test_when_the_leaders_store_closes_the_other_takes_over(
     assert old_leader is not None
 
     store_a.close()
+    # It resigned before hanging up: the leadership is vacant at once.
+    assert conn.execute("SELECT count(*) FROM payments.worker_leader").fetchone() == (0,)
     # The server ends the session shortly after the client hangs up.
     wait_until(lambda: not backend_alive(conn, old_leader), what="closed leader backend gone")
 
@@ -277,7 +279,7 @@ def test_a_leader_that_cannot_renew_stops_leading_when_its_ttl_runs_out(
     assert a.held
     # No renewal: held until the ttl, counted from before the last request, is over.
     wait_until(lambda: not a.held, timeout=3, what="the leadership to lapse")
-    assert 1.0 <= time.monotonic() - asked < 1.1
+    assert time.monotonic() - asked >= 1.0
 
 
 # --- LeaderLoop: only while leading ---------------------------------------------------------
