@@ -99,9 +99,13 @@ class Ours:
                         QUERIES["job_get_available"],
                         {"max_to_lock": 10, "attempted_by": "bench-explain"},
                     ).fetchall()
-                found[mode] = [
-                    line for plan in plans if "SKIP LOCKED" in plan for line in plan.splitlines()
-                ]
+                (plan,) = [plan for plan in plans if "SKIP LOCKED" in plan]
+                lines = plan.splitlines()
+                # After "duration" and the query's text (indented past its first line),
+                # the plan's root is the first line flush left.
+                text = next(i for i, line in enumerate(lines) if line.startswith("Query Text:"))
+                root = next(i for i in range(text + 1, len(lines)) if not lines[i][:1].isspace())
+                found[mode] = lines[root:]
         return found
 
     def worker(

@@ -186,20 +186,20 @@ BEGIN
         FROM locked_jobs
         WHERE j.id = locked_jobs.id
         RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.priority,
-                  j.scheduled_at, j.created_at
+                  j.scheduled_at, j.created_at, gen_random_uuid() AS token
     ),
     leased AS (
         INSERT INTO payments.job_lease AS l (job_id, attempt, token, backend_pid, backend_start)
-        SELECT c.id, c.attempt, gen_random_uuid(), v_pid, v_started FROM claimed AS c
+        SELECT c.id, c.attempt, c.token, v_pid, v_started FROM claimed AS c
         -- A row left by a job finished outside our functions is stale: replaced.
         ON CONFLICT (job_id) DO UPDATE
         SET attempt = EXCLUDED.attempt, token = EXCLUDED.token,
             backend_pid = EXCLUDED.backend_pid, backend_start = EXCLUDED.backend_start
-        RETURNING l.job_id, l.token
     )
+    -- Unreferenced, leased still runs, in this statement (data-modifying CTE).
     SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.priority,
-           c.scheduled_at, c.created_at, leased.token
-    FROM claimed AS c JOIN leased ON leased.job_id = c.id;
+           c.scheduled_at, c.created_at, c.token
+    FROM claimed AS c;
 END
 $$;
 
