@@ -49,7 +49,9 @@ class Ours:
         return f"this checkout ({commit or 'unknown commit'})"
 
     async def setup(self, dsn: str) -> None:
-        """Nothing: the database is a clone of the sqitch-deployed schema."""
+        """The database is a clone of the sqitch-deployed schema: only its queue is ours."""
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("UPDATE payments.config SET queue = %s", (QUEUE,))
 
     async def bulk_insert(self, dsn: str, n: int) -> None:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -65,17 +67,11 @@ class Ours:
             yield enqueue
 
     def claim_plan(self, dsn: str) -> dict[str, Any]:
-        """The claim's plan on this never-analysed table, custom and generic, by EXPLAIN
-        ANALYZE inside a transaction that is rolled back (the claim is an UPDATE)."""
+        """The claim's plan on this never-analysed table, custom and generic: the query
+        inside payments.job_claim, as auto_explain reports it, in a transaction that is
+        rolled back (the claim is an UPDATE)."""
         from worker.queries import QUERIES
-        from worker.store import LEASE_NAMESPACE
 
-        params = {
-            "queue": QUEUE,
-            "max_to_lock": 10,
-            "attempted_by": "bench-explain",
-            "lease_namespace": LEASE_NAMESPACE,
-        }
         found: dict[str, Any] = {}
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute(
@@ -84,19 +80,32 @@ class Ours:
             ).fetchone()
             found["analysed_before"] = bool(row and (row[0] or row[1]))
             found["live_rows"] = row[2] if row else None
+            plans: list[str] = []
+            conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+            conn.execute("LOAD 'auto_explain'")
             for mode in ("force_custom_plan", "force_generic_plan"):
+                plans.clear()
                 with conn.transaction(force_rollback=True):
-                    conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
-                    # Server-side binding, as the worker runs it (psycopg prepares after 5 runs).
-                    plan = conn.execute(
-                        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) "
-                        + str(QUERIES["job_get_available"]),
-                        params,
-                        prepare=True,
+                    for setting in (
+                        f"plan_cache_mode = {mode}",
+                        "auto_explain.log_min_duration = 0",
+                        "auto_explain.log_analyze = on",
+                        "auto_explain.log_timing = off",
+                        "auto_explain.log_nested_statements = on",
+                        "auto_explain.log_level = notice",
+                    ):
+                        conn.execute(f"SET LOCAL {setting}")
+                    conn.execute(
+                        QUERIES["job_get_available"],
+                        {"max_to_lock": 10, "attempted_by": "bench-explain"},
                     ).fetchall()
-                    lines = [r[0] for r in plan]
-                found[mode] = lines
-            conn.execute("SELECT pg_advisory_unlock_all()")
+                (plan,) = [plan for plan in plans if "SKIP LOCKED" in plan]
+                lines = plan.splitlines()
+                # After "duration" and the query's text (indented past its first line),
+                # the plan's root is the first line flush left.
+                text = next(i for i, line in enumerate(lines) if line.startswith("Query Text:"))
+                root = next(i for i in range(text + 1, len(lines)) if not lines[i][:1].isspace())
+                found[mode] = lines[root:]
         return found
 
     def worker(
@@ -146,7 +155,6 @@ class Ours:
         producer = Producer(
             store,
             JobExecutor(store, {KIND: Noop()}),
-            queue=QUEUE,
             worker_id=worker_id,
             concurrency=concurrency,
             poll_interval=1.0,

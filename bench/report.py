@@ -254,9 +254,10 @@ def appendix(results: dict[str, Any]) -> str:
         out += [
             "### The claim's plan on a fresh, never-analysed table",
             "",
-            f"`job_get_available` with {plan['live_rows']} jobs just inserted, before any "
-            f"ANALYZE (analysed before: {plan['analysed_before']}); EXPLAIN ANALYZE in a "
-            "rolled-back transaction, server-side parameters as the worker sends them:",
+            f"The claim query inside `payments.job_claim` with {plan['live_rows']} jobs just "
+            f"inserted, before any ANALYZE (analysed before: {plan['analysed_before']}); "
+            "auto_explain's ANALYZE of the function's own statement, in a rolled-back "
+            "transaction:",
             "",
         ]
         for mode in ("force_custom_plan", "force_generic_plan"):

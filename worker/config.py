@@ -11,6 +11,10 @@ from urllib.parse import urlsplit
 
 from common.dburl import ConninfoError, check_conninfo
 
+# The shortest retention the database's cleaner accepts: the default of
+# payments.config.min_job_retention (schema/deploy/worker_api.sql).
+MIN_JOB_RETENTION = 3600.0
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it but never its secret value."""
@@ -57,13 +61,21 @@ class Config:
             stripe_read_timeout=_float(env, "STRIPE_READ_TIMEOUT", 30.0, minimum=0.1, maximum=80),
             stripe_network_retries=env_int(env, "STRIPE_NETWORK_RETRIES", 2, minimum=0, maximum=5),
             log_level=_log_level(env),
-            worker_id=env.get("WORKER_ID") or _default_worker_id(env),
+            worker_id=_worker_id(env),
             rescue_after=_float(env, "RESCUE_AFTER", 900.0, minimum=60, maximum=86400),
             completed_retention=_float(
-                env, "CLEANER_COMPLETED_RETENTION", 86400.0, minimum=60, maximum=90 * 86400
+                env,
+                "CLEANER_COMPLETED_RETENTION",
+                86400.0,
+                minimum=MIN_JOB_RETENTION,
+                maximum=90 * 86400,
             ),
             discarded_retention=_float(
-                env, "CLEANER_DISCARDED_RETENTION", 7 * 86400.0, minimum=60, maximum=365 * 86400
+                env,
+                "CLEANER_DISCARDED_RETENTION",
+                7 * 86400.0,
+                minimum=MIN_JOB_RETENTION,
+                maximum=365 * 86400,
             ),
         )
         # The time-based rescue must never take a job from a worker that is
@@ -159,6 +171,14 @@ def _log_level(env: Mapping[str, str]) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
     return level
+
+
+def _worker_id(env: Mapping[str, str]) -> str:
+    worker_id = env.get("WORKER_ID", "").strip() or _default_worker_id(env)
+    # The database keeps it as the leader's id and in attempted_by.
+    if len(worker_id) > 127:
+        raise ConfigError(f"WORKER_ID must be at most 127 characters, got {len(worker_id)}")
+    return worker_id
 
 
 def _default_worker_id(env: Mapping[str, str]) -> str:

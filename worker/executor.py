@@ -31,20 +31,16 @@ class JobExecutor:
         self._handlers = dict(handlers)
 
     def execute(self, job: Job) -> None:
-        """Works the job, records its outcome, then gives its lease back.
+        """Works the job and records its outcome, which also gives its lease up.
 
         If the outcome cannot be recorded (the database went away), the lease
-        is still given back, or died with its connection: the rescuer then
-        runs the job again, and Stripe replays the intent it already made."""
+        stays until its connection dies or the time bound passes: the rescuer
+        then runs the job again, and Stripe replays the intent it already made."""
         context: dict[str, Any] = {"job_id": job.id, "kind": job.kind, "attempt": job.attempt}
         try:
             self._execute(job, context)
         except Exception:
             log.exception("job outcome could not be recorded; it will be rescued", extra=context)
-        try:
-            self._store.job_lease_release(job)
-        except Exception:
-            log.warning("job lease not released; it ends with its connection", extra=context)
 
     def _execute(self, job: Job, context: dict[str, Any]) -> None:
         started = time.perf_counter()

@@ -13,7 +13,7 @@ from worker.stripe_gateway import StripeFailure, StripeGateway
 
 
 class PaymentReader(Protocol):
-    def payment_get(self, payment_id: UUID) -> Payment | None: ...
+    def job_payment_get(self, job: Job) -> Payment | None: ...
 
 
 def caller_reason(payment_id: UUID) -> str:
@@ -71,7 +71,7 @@ class CreatePaymentIntent:
 
     def work(self, job: Job) -> Done:
         payment_id = _payment_id(job)
-        payment = self._payments.payment_get(payment_id)
+        payment = self._payments.job_payment_get(job)
         if payment is None:
             raise JobFailure(f"payment {payment_id} does not exist", permanent=True)
         if payment.status != "pending_intent":

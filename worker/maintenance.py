@@ -8,13 +8,17 @@ call directly."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 from abc import ABC, abstractmethod
 
 import psycopg
 
 from worker import telemetry
-from worker.store import Store
+from worker.config import MIN_JOB_RETENTION
+from worker.store import LEADER_TTL_SECONDS, Store
 
 log = logging.getLogger("worker.maintenance")
 
@@ -22,22 +26,34 @@ RESCUE_ERROR = "the worker running this job stopped before recording its outcome
 
 
 class Leadership:
-    """Holds the maintenance leadership: a session advisory lock on a connection of its own.
+    """Holds the maintenance leadership: a row of payments.worker_leader naming
+    this worker's leader connection, taken or renewed every `interval`.
 
-    Followers try for it every `interval`; the leader proves its connection alive
-    as often, and stops leading the moment it cannot."""
+    A follower takes it the moment its holder's session is gone. The leader
+    counts itself leader only until its last renewal's `ttl` runs out, so one
+    that cannot renew stops leading when the others may take over."""
 
-    def __init__(self, store: Store, *, stop: threading.Event, interval: float = 1.0) -> None:
-        if interval <= 0:
-            raise ValueError("interval must be positive")
+    def __init__(
+        self,
+        store: Store,
+        *,
+        stop: threading.Event,
+        leader_id: str | None = None,
+        interval: float = 1.0,
+        ttl: float = LEADER_TTL_SECONDS,
+    ) -> None:
+        if interval <= 0 or ttl <= interval:
+            raise ValueError("interval must be positive and ttl longer than it")
         self._store = store
         self._stop = stop
+        self._leader_id = (leader_id or f"{socket.gethostname()}:{os.getpid()}")[:127]
         self.interval = interval
-        self._generation: int | None = None
+        self.ttl = ttl
+        self._until: float | None = None
 
     @property
     def held(self) -> bool:
-        return self._generation is not None
+        return self._until is not None and time.monotonic() < self._until
 
     def run(self) -> None:
         while True:
@@ -49,17 +65,15 @@ class Leadership:
                 return
 
     def run_once(self) -> bool:
-        """Tries to become (or checks it still is) leader; returns whether it leads."""
+        """Takes or renews the leadership; returns whether it leads."""
         was_leader = self.held
+        asked = time.monotonic()
         try:
-            # The lock lives as long as the connection it was taken on.
-            if self._generation is not None and self._store.leader_generation() != self._generation:
-                self._generation = None
-            if self._generation is None:
-                acquired, generation = self._store.leader_try_acquire()
-                self._generation = generation if acquired else None
-        except psycopg.OperationalError:
-            self._generation = None
+            elected = self._store.leader_elect(self._leader_id, self.ttl)
+            # Counted from before the request: the server's expiry is later.
+            self._until = asked + self.ttl if elected else None
+        except psycopg.Error:
+            self._until = None
             raise
         finally:
             if self.held != was_leader:
@@ -126,7 +140,7 @@ class Scheduler(LeaderLoop):
         self._wake = wake
 
     def run_once(self) -> int:
-        scheduled = self._store.job_schedule_due(self._queue, self._batch)
+        scheduled = self._store.job_schedule_due(self._batch)
         if scheduled:
             # The NOTIFY wakes every worker; waking our own producer saves a hop.
             self._wake.set()
@@ -158,9 +172,7 @@ class Rescuer(LeaderLoop):
         self._stuck_after = stuck_after
 
     def run_once(self) -> int:
-        rescued = self._store.job_rescue_orphaned(
-            self._queue, self._stuck_after, self._batch, RESCUE_ERROR
-        )
+        rescued = self._store.job_rescue_orphaned(self._stuck_after, self._batch, RESCUE_ERROR)
         for job in rescued:
             log.warning(
                 "job rescued",
@@ -197,8 +209,8 @@ class Cleaner(LeaderLoop):
         batch: int = 1000,
     ) -> None:
         super().__init__(store, leadership, queue=queue, stop=stop, interval=interval, batch=batch)
-        if completed_retention <= 0 or discarded_retention <= 0:
-            raise ValueError("cleaner: retentions must be positive")
+        if min(completed_retention, discarded_retention) < MIN_JOB_RETENTION:
+            raise ValueError(f"cleaner: retentions must be at least {MIN_JOB_RETENTION:g} s")
         self._completed_retention = completed_retention
         self._discarded_retention = discarded_retention
 
@@ -206,7 +218,7 @@ class Cleaner(LeaderLoop):
         deleted = 0
         while not self._stop.is_set():
             batch = self._store.job_clean_finalized(
-                self._queue, self._completed_retention, self._discarded_retention, self._batch
+                self._completed_retention, self._discarded_retention, self._batch
             )
             deleted += batch
             if batch < self._batch:

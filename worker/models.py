@@ -18,10 +18,9 @@ class Job:
     priority: int
     scheduled_at: datetime
     created_at: datetime
-    # Whether this worker holds the job's lease, and on which incarnation of
-    # its lease connection (a lease dies with the connection it was taken on).
-    leased: bool = False
-    lease_generation: int = 0
+    # The claim's proof of holding the job (payments.job_lease): every outcome
+    # presents it. None for a job this process did not claim.
+    lease_token: UUID | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,14 @@ log = logging.getLogger("worker.producer")
 
 
 class Producer:
-    """Claims when woken (a NOTIFY, a finished job) or every `poll_interval` as a catch-up."""
+    """Claims from our queue (payments.config) when woken (a NOTIFY, a finished job) or
+    every `poll_interval` as a catch-up."""
 
     def __init__(
         self,
         store: Store,
         executor: JobExecutor,
         *,
-        queue: str,
         worker_id: str,
         concurrency: int,
         poll_interval: float,
@@ -37,7 +37,6 @@ class Producer:
             raise ValueError("poll_interval must be positive")
         self._store = store
         self._executor = executor
-        self._queue = queue
         self._worker_id = worker_id
         self._concurrency = concurrency
         self._poll_interval = poll_interval
@@ -80,7 +79,7 @@ class Producer:
             free = self._concurrency - self._in_flight
         if free <= 0 or self._stop.is_set():
             return 0
-        jobs = self._store.job_get_available(self._queue, free, self._worker_id)
+        jobs = self._store.job_get_available(free, self._worker_id)
         for job in jobs:
             with self._lock:
                 self._in_flight += 1

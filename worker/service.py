@@ -97,7 +97,6 @@ class Worker:
         self.producer = Producer(
             self.store,
             JobExecutor(self.store, {handler.kind: handler}),
-            queue=self.queue,
             worker_id=config.worker_id,
             concurrency=config.concurrency,
             poll_interval=config.poll_interval,
@@ -105,7 +104,7 @@ class Worker:
             stop=self.stop,
         )
         self.listener = InsertListener(config.database_url, self.queue, self.wake, self.stop)
-        self.leadership = Leadership(self.store, stop=self.stop)
+        self.leadership = Leadership(self.store, stop=self.stop, leader_id=config.worker_id)
         self.scheduler = Scheduler(
             self.store, self.leadership, queue=self.queue, wake=self.wake, stop=self.stop
         )
@@ -160,8 +159,8 @@ class Worker:
             telemetry.WORKERS_UP.set(0)
             for thread in threads:
                 thread.join(timeout=5)
-            # Leases of jobs finished above were released one by one; closing
-            # also gives up the leadership at once instead of at process exit.
+            # Leases of jobs finished above went with their outcomes; closing
+            # gives up the leadership at once instead of at process exit.
             self.store.close()
         log.info("worker stopped")
 

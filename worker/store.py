@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -15,9 +16,10 @@ from psycopg_pool import ConnectionPool
 from worker.models import Job, Payment, PaymentIntent, QueueSettings, RescuedJob
 from worker.queries import QUERIES as Q
 
-# Advisory-lock namespace of this project's job leases and leader lock
-# ('pwk1'); the second key is the job id mod 2^31-1, or -1 for the leader.
-LEASE_NAMESPACE = 0x70776B31
+# How long an election holds without renewal (Leadership renews every
+# second): a leader that stops renewing, say behind a half-open connection its
+# backend has not noticed, is replaced when it expires.
+LEADER_TTL_SECONDS = 10.0
 
 # Notice a dead peer within about 10 s instead of TCP's minutes: keepalive
 # probes on an idle socket, and a bound on unacknowledged writes.
@@ -31,10 +33,8 @@ KEEPALIVE_PARAMS: dict[str, Any] = {
 
 
 class DedicatedConnection:
-    """A connection kept out of the pool because its session holds locks.
-
-    Reconnects lazily after a failure; `generation` counts incarnations, so a
-    lock taken on an earlier one is known to be gone with it."""
+    """A connection kept out of the pool because its session is what holds
+    leases (or the leadership): when it dies, they die. Reconnects lazily."""
 
     def __init__(
         self, conninfo: str, application_name: str, *, synchronous_commit: bool = True
@@ -44,12 +44,16 @@ class DedicatedConnection:
         self._synchronous_commit = synchronous_commit
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.Lock()
-        self.generation = 0
 
-    def execute(self, query: Any, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-        """Runs one autocommit statement: its rows and the generation it ran on."""
+    def execute(
+        self, query: Any, params: dict[str, Any], *, connect: bool = True
+    ) -> list[dict[str, Any]]:
+        """Runs one autocommit statement and returns its rows; with `connect`
+        false, only on a session already open (else nothing runs)."""
         with self._lock:
             if self._conn is None or self._conn.closed:
+                if not connect:
+                    return []
                 conn = psycopg.connect(
                     self._conninfo,
                     autocommit=True,
@@ -64,14 +68,12 @@ class DedicatedConnection:
                         conn.close()
                         raise
                 self._conn = conn
-                self.generation += 1
             try:
                 cur = self._conn.execute(query, params)
-                rows = cur.fetchall() if cur.description else []
+                return cur.fetchall() if cur.description else []
             except psycopg.OperationalError:
                 self._close()
                 raise
-            return rows, self.generation
 
     def close(self) -> None:
         with self._lock:
@@ -126,8 +128,8 @@ class NotificationConnection:
 
 class Store:
     """Queries against a connection pool, plus the two connections whose
-    session state matters: job leases (claims happen there too) and leadership.
-    Each public method is one transaction."""
+    session is what holds something: job leases (claims happen there) and the
+    leadership. Each public method is one transaction."""
 
     def __init__(self, pool: ConnectionPool, conninfo: str | None = None) -> None:
         self._pool = pool
@@ -141,7 +143,12 @@ class Store:
         self._leader = DedicatedConnection(conninfo, "payment-worker leader")
 
     def close(self) -> None:
-        """Closes the dedicated connections: every lease and the leadership go with them."""
+        """Gives up the leadership, then closes the dedicated connections: every
+        lease and the leadership end with their sessions anyway."""
+        # A failure needs no handling: the session is ending, and the next
+        # election sees it gone.
+        with contextlib.suppress(psycopg.Error):
+            self._leader.execute(Q["leader_resign"], {}, connect=False)
         self._leases.close()
         self._leader.close()
 
@@ -152,48 +159,31 @@ class Store:
             raise LookupError("payments.config has no row: is the schema deployed?")
         return QueueSettings(currency=row[0], queue=row[1])
 
-    def job_get_available(self, queue: str, max_to_lock: int, attempted_by: str) -> list[Job]:
-        params = {
-            "queue": queue,
-            "max_to_lock": max_to_lock,
-            "attempted_by": attempted_by,
-            "lease_namespace": LEASE_NAMESPACE,
-        }
-        rows, generation = self._leases.execute(Q["job_get_available"], params)
-        jobs = [Job(**row, lease_generation=generation) for row in rows]
+    def job_get_available(self, max_to_lock: int, attempted_by: str) -> list[Job]:
+        """Claims up to `max_to_lock` jobs of our queue (payments.config), leased
+        on this store's lease connection, in River's order."""
+        params = {"max_to_lock": max_to_lock, "attempted_by": attempted_by}
+        rows = self._leases.execute(Q["job_get_available"], params)
+        jobs = [Job(**row) for row in rows]
         return sorted(jobs, key=lambda j: (j.priority, j.scheduled_at, j.id))
 
-    def job_lease_release(self, job: Job) -> None:
-        """Gives the job's lease back; a no-op when it died with an earlier connection."""
-        if job.leased and job.lease_generation == self._leases.generation:
-            self._leases.execute(
-                Q["job_lease_release"], {"id": job.id, "lease_namespace": LEASE_NAMESPACE}
-            )
-
-    def job_schedule_due(self, queue: str, max_jobs: int) -> int:
+    def job_schedule_due(self, max_jobs: int) -> int:
         with self._pool.connection() as conn:
-            row = conn.execute(Q["job_schedule_due"], {"queue": queue, "max": max_jobs}).fetchone()
+            row = conn.execute(Q["job_schedule_due"], {"max": max_jobs}).fetchone()
         return 0 if row is None else int(row[0])
 
     def job_rescue_orphaned(
-        self, queue: str, stuck_after_seconds: float, max_jobs: int, error: str
+        self, stuck_after_seconds: float, max_jobs: int, error: str
     ) -> list[RescuedJob]:
-        params = {
-            "queue": queue,
-            "stuck_after_seconds": stuck_after_seconds,
-            "max": max_jobs,
-            "error": error,
-            "lease_namespace": LEASE_NAMESPACE,
-        }
+        params = {"stuck_after_seconds": stuck_after_seconds, "max": max_jobs, "error": error}
         with self._pool.connection() as conn:
             rows = conn.cursor(row_factory=dict_row).execute(Q["job_rescue_orphaned"], params)
             return [RescuedJob(**row) for row in rows]
 
     def job_clean_finalized(
-        self, queue: str, completed_seconds: float, discarded_seconds: float, batch: int
+        self, completed_seconds: float, discarded_seconds: float, batch: int
     ) -> int:
         params = {
-            "queue": queue,
             "completed_seconds": completed_seconds,
             "discarded_seconds": discarded_seconds,
             "batch": batch,
@@ -202,70 +192,80 @@ class Store:
             row = conn.execute(Q["job_clean_finalized"], params).fetchone()
         return 0 if row is None else int(row[0])
 
-    def leader_try_acquire(self) -> tuple[bool, int]:
-        """Tries for the maintenance leadership: (held, generation of the leader connection)."""
-        rows, generation = self._leader.execute(
-            Q["leader_try_acquire"], {"lease_namespace": LEASE_NAMESPACE}
+    def leader_elect(self, leader_id: str, ttl_seconds: float = LEADER_TTL_SECONDS) -> bool:
+        """Takes or renews the maintenance leadership on the leader connection."""
+        rows = self._leader.execute(
+            Q["leader_elect"], {"leader_id": leader_id, "ttl_seconds": ttl_seconds}
         )
-        return bool(rows[0]["pg_try_advisory_lock"]), generation
-
-    def leader_generation(self) -> int:
-        """The leader connection's incarnation now, after a round trip proves it alive."""
-        _, generation = self._leader.execute(Q["connection_ping"], {})
-        return generation
+        return bool(rows[0]["elected"])
 
     def notify_insert(self, queue: str) -> None:
         with self._pool.connection() as conn:
             conn.execute(Q["notify_insert"], {"queue": queue})
 
-    def payment_get(self, payment_id: UUID) -> Payment | None:
+    def job_payment_get(self, job: Job) -> Payment | None:
+        """The job's payment, while this attempt holds the job; else None."""
         with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            row = cur.execute(Q["payment_get"], {"id": payment_id}).fetchone()
+            row = cur.execute(Q["job_payment_get"], _held(job)).fetchone()
         return None if row is None else Payment(**row)
 
     def job_complete_with_intent(
         self, job: Job, intent: PaymentIntent
     ) -> tuple[bool, float | None]:
-        """Stores the intent and completes the job together.
+        """Stores the intent on the job's payment and completes the job together.
 
         Returns whether the job was still ours, and the payment's latency from
         insert to now when this call is what moved it to `pending`."""
-        with self._pool.connection() as conn, conn.transaction():
-            row = conn.execute(
-                Q["payment_set_intent"],
-                {
-                    "id": intent.payment_id,
-                    "provider_payment_id": intent.provider_payment_id,
-                    "client_secret": intent.client_secret,
-                },
-            ).fetchone()
-            ours = conn.execute(Q["job_set_completed_if_running"], {"id": job.id}).rowcount == 1
-            return ours, None if row is None else float(row[0])
+        params = {
+            **_held(job),
+            "provider_payment_id": intent.provider_payment_id,
+            "client_secret": intent.client_secret,
+        }
+        with self._pool.connection() as conn:
+            row = conn.execute(Q["job_complete_with_intent"], params).fetchone()
+        if row is None:
+            return False, None
+        return bool(row[0]), None if row[1] is None else float(row[1])
 
     def job_complete(self, job: Job) -> bool:
         with self._pool.connection() as conn:
-            return conn.execute(Q["job_set_completed_if_running"], {"id": job.id}).rowcount == 1
+            return _ours(conn.execute(Q["job_set_completed_if_running"], _held(job)).fetchone())
 
     def job_retry(self, job: Job, error: dict[str, Any], delay_seconds: float) -> bool:
-        params = {"id": job.id, "error": json.dumps(error), "delay_seconds": delay_seconds}
+        params = {**_held(job), "error": json.dumps(error), "delay_seconds": delay_seconds}
         with self._pool.connection() as conn:
-            return conn.execute(Q["job_set_retryable_if_running"], params).rowcount == 1
+            return _ours(conn.execute(Q["job_set_retryable_if_running"], params).fetchone())
 
     def job_discard(
         self, job: Job, error: dict[str, Any], failed_payments: Sequence[tuple[UUID, str]] = ()
     ) -> bool:
-        """Discards the job and fails its payment in one transaction, so both or neither."""
-        with self._pool.connection() as conn, conn.transaction():
-            discarded = (
-                conn.execute(
-                    Q["job_set_discarded_if_running"], {"id": job.id, "error": json.dumps(error)}
-                ).rowcount
-                == 1
-            )
-            if discarded:
-                for payment_id, message in failed_payments:
-                    conn.execute(
-                        Q["payment_set_failed"], {"id": payment_id, "error_message": message}
-                    )
-            return discarded
+        """Discards the job, and fails its payment with the message given for it,
+        in one transaction. Only the job's own payment can be failed."""
+        params: dict[str, Any] = {**_held(job), "error": json.dumps(error)}
+        if not failed_payments:
+            query = Q["job_set_discarded_if_running"]
+        else:
+            (payment_id, message), *more = failed_payments
+            if more or payment_id != _payment_of(job):
+                raise ValueError(f"job {job.id} can fail only its own payment")
+            query = Q["job_set_discarded_failing_payment_if_running"]
+            params["error_message"] = message
+        with self._pool.connection() as conn:
+            return _ours(conn.execute(query, params).fetchone())
+
+
+def _held(job: Job) -> dict[str, Any]:
+    """What proves the caller holds the job: its id, attempt and lease token."""
+    return {"id": job.id, "attempt": job.attempt, "lease": job.lease_token}
+
+
+def _payment_of(job: Job) -> UUID | None:
+    try:
+        return UUID(str(job.args.get("payment_id")))
+    except ValueError:
+        return None
+
+
+def _ours(row: tuple[Any, ...] | None) -> bool:
+    return row is not None and bool(row[0])

@@ -86,11 +86,39 @@ def job_id_of(conn: psycopg.Connection, payment_id: UUID) -> int:
     return int(row[0])
 
 
-def claim(store: Store, worker: str = "w", queue: str = QUEUE) -> Job:
-    """The job `worker` claims with the real claim; there must be one."""
-    jobs = store.job_get_available(queue, 1, worker)
+def claim(store: Store, worker: str = "w") -> Job:
+    """The job `worker` claims with the real claim (from the queue payments.config names);
+    there must be one."""
+    jobs = store.job_get_available(1, worker)
     assert len(jobs) == 1, "expected one job to claim"
     return jobs[0]
+
+
+def set_queue(conn: psycopg.Connection, queue: str) -> None:
+    """Points payments.config, and so every worker function, at another queue."""
+    conn.execute("UPDATE payments.config SET queue = %s", (queue,))
+
+
+def lease_holder(conn: psycopg.Connection, job_id: int) -> int | None:
+    """The live backend whose lease holds the job's current attempt, as the rescuer sees it."""
+    row = conn.execute(
+        "SELECT l.backend_pid FROM payments.job_lease l"
+        " JOIN metadata.river_job j ON j.id = l.job_id AND j.attempt = l.attempt"
+        " JOIN pg_stat_activity a ON a.pid = l.backend_pid AND a.backend_start = l.backend_start"
+        " WHERE l.job_id = %s",
+        (job_id,),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def leader_pid(conn: psycopg.Connection) -> int | None:
+    """The live backend that holds the maintenance leadership, unexpired."""
+    row = conn.execute(
+        "SELECT l.backend_pid FROM payments.worker_leader l"
+        " JOIN pg_stat_activity a ON a.pid = l.backend_pid AND a.backend_start = l.backend_start"
+        " WHERE l.expires_at > now()"
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def db_now(conn: psycopg.Connection) -> datetime:

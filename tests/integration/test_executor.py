@@ -42,7 +42,7 @@ ERROR_KEYS = {"at", "attempt", "error", "trace"}
 def make_due_and_claim(conn: psycopg.Connection, store: Store, job_id: int) -> Job:
     """What the scheduler does once the retry delay is over, without waiting for it."""
     conn.execute("UPDATE metadata.river_job SET scheduled_at = now() WHERE id = %s", (job_id,))
-    assert store.job_schedule_due(QUEUE, 10) == 1
+    assert store.job_schedule_due(10) == 1
     job = claim(store, "test-worker")
     assert job.id == job_id
     return job
@@ -382,7 +382,7 @@ def test_errors_and_logs_never_contain_the_api_key_or_a_client_secret(
         for i in range(5)
     ]
     standin.admin.script([api_error(), drop(), lose_response(), card_declined(), rate_limit()])
-    jobs = store.job_get_available(QUEUE, 10, "test-worker")
+    jobs = store.job_get_available(10, "test-worker")
     assert len(jobs) == 5
     for job in jobs:
         executor.execute(job)

@@ -21,6 +21,7 @@ from metrics.collectors import build_registry
 from metrics.config import ConfigError, ExporterConfig
 from metrics.database import DatabaseReader
 from metrics.server import ExporterApp, ExporterServer, serve
+from tests.integration.conftest import MakeRole, role_url
 from tests.integration.waiting import wait_until
 from tests.unit.test_metrics_multiprocess import run_worker_like
 
@@ -233,3 +234,31 @@ def listening_addresses(port: int) -> set[str]:
                     words = b"".join(packed[i : i + 4][::-1] for i in range(0, 16, 4))
                     found.add(socket.inet_ntop(socket.AF_INET6, words))
     return found
+
+
+@pytest.mark.parametrize("group", ["payment_worker", "payment_monitor"])
+def test_the_exporter_reads_as_a_login_that_may_read_no_table(
+    conn: psycopg.Connection, database_url: str, login_role: MakeRole, group: str
+) -> None:
+    """It shares the workers' DATABASE_URL, whose role reads no table: the aggregates are
+    functions. A monitoring login (payment_monitor) reads them and may do nothing else."""
+    conn.execute("INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')")
+    url = role_url(database_url, login_role(group))
+    reader = DatabaseReader(url)
+    try:
+        snapshot = reader.snapshot()
+    finally:
+        reader.close()
+    assert snapshot.jobs == [("payments", "create_payment_intent", "available", 1)]
+    assert [queue for queue, _ in snapshot.oldest_available] == ["payments"]
+    assert snapshot.payments == [("pending_intent", 1)]
+    refused = [
+        "SELECT count(*) FROM metadata.river_job",
+        "SELECT count(*) FROM payments.transactions",
+    ]
+    if group == "payment_monitor":
+        refused.append("SELECT * FROM payments.job_claim(1, 'monitor')")
+    with psycopg.connect(url, autocommit=True) as login:
+        for statement in refused:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                login.execute(statement)

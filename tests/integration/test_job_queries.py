@@ -24,7 +24,9 @@ from tests.integration.rows import (
     db_now,
     insert_payment,
     job_row,
+    lease_holder,
     listen,
+    set_queue,
 )
 from worker.models import Job
 from worker.queries import QUERIES
@@ -88,7 +90,7 @@ def test_claims_in_rivers_order_priority_then_scheduled_at_then_id(
     claimed = [claim(store).id for _ in range(5)]
 
     assert claimed == [tied_lower_id, tied_higher_id, latest, priority_2_oldest, priority_4]
-    assert store.job_get_available(QUEUE, 10, "w") == []
+    assert store.job_get_available(10, "w") == []
 
 
 def test_claims_only_available_due_jobs_of_its_own_queue(
@@ -105,11 +107,13 @@ def test_claims_only_available_due_jobs_of_its_own_queue(
     others.append(insert_job(conn, scheduled_at="now() + interval '1 hour'"))
     before = {job_id: job_row(conn, job_id) for job_id in others}
 
-    jobs = store.job_get_available(QUEUE, 100, "w")
+    jobs = store.job_get_available(100, "w")
 
     assert [job.id for job in jobs] == [wanted]
     assert {job_id: job_row(conn, job_id) for job_id in others} == before
-    assert [job.id for job in store.job_get_available("other_queue", 100, "w")] == [others[-2]]
+    # The queue is the database's to say: pointed at the other one, the claim finds its job.
+    set_queue(conn, "other_queue")
+    assert [job.id for job in store.job_get_available(100, "w")] == [others[-2]]
 
 
 def test_claim_marks_the_job_running_and_returns_it(conn: psycopg.Connection, store: Store) -> None:
@@ -117,7 +121,7 @@ def test_claim_marks_the_job_running_and_returns_it(conn: psycopg.Connection, st
     conn.execute("UPDATE metadata.river_job SET args = '{\"k\": 1}' WHERE id = %s", (job_id,))
     before = db_now(conn)
 
-    (job,) = store.job_get_available(QUEUE, 1, "worker-7")
+    (job,) = store.job_get_available(1, "worker-7")
 
     after = db_now(conn)
     row = job_row(conn, job_id)
@@ -135,9 +139,14 @@ def test_claim_marks_the_job_running_and_returns_it(conn: psycopg.Connection, st
         priority=3,
         scheduled_at=row["scheduled_at"],
         created_at=row["created_at"],
-        leased=True,
-        lease_generation=1,
+        lease_token=job.lease_token,
     )
+    # Its lease names the claim's backend, this attempt and the token it returned.
+    lease = conn.execute(
+        "SELECT attempt, token, backend_pid FROM payments.job_lease WHERE job_id = %s", (job_id,)
+    ).fetchone()
+    assert lease == (3, job.lease_token, lease_holder(conn, job_id))
+    assert lease_holder(conn, job_id) is not None
 
 
 @pytest.mark.parametrize(
@@ -164,7 +173,7 @@ def test_attempted_by_keeps_the_last_100_entries(
 def test_max_to_lock_is_honoured(conn: psycopg.Connection, store: Store) -> None:
     ids = [insert_job(conn, scheduled_at=f"now() - interval '{10 - i} s'") for i in range(5)]
 
-    jobs = store.job_get_available(QUEUE, 3, "w")
+    jobs = store.job_get_available(3, "w")
 
     assert [job.id for job in jobs] == ids[:3]
     states = conn.execute("SELECT id, state FROM metadata.river_job ORDER BY id").fetchall()
@@ -186,14 +195,14 @@ def test_claim_skips_a_locked_job_instead_of_waiting(
         try:
             holder.execute("SELECT id FROM metadata.river_job WHERE id = %s FOR UPDATE", (locked,))
             started = time.monotonic()
-            jobs = store.job_get_available(QUEUE, 10, "w")
+            jobs = store.job_get_available(10, "w")
             elapsed = time.monotonic() - started
             assert sorted(job.id for job in jobs) == free
             assert elapsed < 1.0
             assert job_row(conn, locked)["state"] == "available"
             holder.rollback()
             # Once the lock is gone the skipped job is claimable as usual.
-            assert [job.id for job in store.job_get_available(QUEUE, 10, "w")] == [locked]
+            assert [job.id for job in store.job_get_available(10, "w")] == [locked]
         finally:
             store.close()
 
@@ -215,7 +224,7 @@ def test_concurrent_claimers_never_claim_the_same_job(
         store = Store(pool)
         try:
             start.wait()
-            while jobs := store.job_get_available(QUEUE, 3, name):
+            while jobs := store.job_get_available(3, name):
                 claimed[name].extend(job.id for job in jobs)
         except BaseException as exc:  # reported by the main thread
             failures.append(exc)
@@ -317,14 +326,71 @@ def test_discard_and_payment_failure_are_one_transaction(
 ) -> None:
     payment_id = insert_payment(conn)
     job = claim(store)
-    # A NULL reason breaks payments.transactions' failure_has_reason check after the job's
-    # UPDATE has run: the job's change must be rolled back with it.
-    with pytest.raises(psycopg.errors.CheckViolation):
-        store.job_discard(job, error_entry(), [(payment_id, None)])  # type: ignore[list-item]
+    # The payment's UPDATE fails after the job's has run: the job's change, and the lease's
+    # release, must be rolled back with it.
+    conn.execute(
+        "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$BEGIN RAISE EXCEPTION 'payment update refused'; END$$"
+    )
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON payments.transactions"
+        " FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse()"
+    )
+    with pytest.raises(psycopg.errors.RaiseException, match="payment update refused"):
+        store.job_discard(job, error_entry(), [(payment_id, "declined")])
+    conn.execute("DROP TRIGGER refuse ON payments.transactions")
 
     row = job_row(conn, job.id)
     assert (row["state"], row["finalized_at"], row["errors"]) == ("running", None, None)
     assert payment_state(conn, payment_id) == ("pending_intent", None)
+    assert lease_holder(conn, job.id) is not None
+    # Still the worker's to finish.
+    assert store.job_discard(job, error_entry(), [(payment_id, "declined")]) is True
+    assert payment_state(conn, payment_id) == ("failed", "declined")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s, j: s.job_retry(j, error_entry(), float("nan")), "delay_seconds must be"),
+        (lambda s, j: s.job_retry(j, error_entry(), float("inf")), "delay_seconds must be"),
+        (lambda s, j: s.job_retry(j, error_entry(), -1), "delay_seconds must be"),
+        (lambda s, j: s.job_retry(j, ["not", "an", "object"], 1), "error must be a JSON object"),
+        (lambda s, j: s.job_discard(j, "boom"), "error must be a JSON object"),
+        (
+            lambda s, j: s.job_discard(j, error_entry(), [(UUID(j.args["payment_id"]), "")]),
+            "message must be 1 to 5000 characters",
+        ),
+    ],
+    ids=["nan", "infinite", "negative", "array", "string", "empty-message"],
+)
+def test_bad_outcome_input_is_refused_and_changes_nothing(
+    conn: psycopg.Connection, store: Store, call: Any, message: str
+) -> None:
+    payment_id = insert_payment(conn)
+    job = claim(store)
+    before = job_row(conn, job.id)
+
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+        call(store, job)
+
+    assert job_row(conn, job.id) == before
+    assert payment_state(conn, payment_id) == ("pending_intent", None)
+    assert lease_holder(conn, job.id) is not None
+
+
+def test_an_outcome_gives_the_lease_up_with_it(conn: psycopg.Connection, store: Store) -> None:
+    insert_job(conn)
+    job = claim(store)
+    assert lease_holder(conn, job.id) is not None
+
+    assert store.job_complete(job) is True
+
+    assert conn.execute(
+        "SELECT count(*) FROM payments.job_lease WHERE job_id = %s", (job.id,)
+    ).fetchone() == (0,)
+    # Given once: the same answer again finds nothing to finish.
+    assert store.job_complete(job) is False
 
 
 FINISHED_OR_WAITING = ["available", "retryable", "scheduled", "completed", "discarded", "cancelled"]
@@ -335,7 +401,7 @@ def test_outcomes_change_only_a_running_job(
     conn: psycopg.Connection, store: Store, outcome: str
 ) -> None:
     payments = [insert_payment(conn) for _ in FINISHED_OR_WAITING]
-    jobs = {UUID(job.args["payment_id"]): job for job in store.job_get_available(QUEUE, 10, "w")}
+    jobs = {UUID(job.args["payment_id"]): job for job in store.job_get_available(10, "w")}
     assert set(jobs) == set(payments)
     for state, payment_id in zip(FINISHED_OR_WAITING, payments, strict=True):
         finalized = "now()" if state in ("completed", "discarded", "cancelled") else "NULL"
@@ -387,7 +453,7 @@ def test_schedule_due_makes_due_jobs_available_and_notifies_once(
     ]
     before = {job_id: job_row(conn, job_id) for job_id in untouched}
     with listen(database_url, (CHANNEL,)) as listener:
-        assert store.job_schedule_due(QUEUE, 100) == 3
+        assert store.job_schedule_due(100) == 3
 
         received = notifications(listener)
 
@@ -398,7 +464,7 @@ def test_schedule_due_makes_due_jobs_available_and_notifies_once(
         assert (row["state"], row["finalized_at"]) == ("available", None)
     assert {job_id: job_row(conn, job_id) for job_id in untouched} == before
     # Now claimable, attempts carried over.
-    jobs = store.job_get_available(QUEUE, 10, "w")
+    jobs = store.job_get_available(10, "w")
     assert sorted((job.id, job.attempt) for job in jobs) == [
         (due[0], 2),
         (due[1], 1),
@@ -411,7 +477,7 @@ def test_schedule_due_with_nothing_due_does_not_notify(
 ) -> None:
     insert_job(conn, state="retryable", scheduled_at="now() + interval '1 hour'")
     with listen(database_url, (CHANNEL,)) as listener:
-        assert store.job_schedule_due(QUEUE, 100) == 0
+        assert store.job_schedule_due(100) == 0
         assert notifications(listener) == []
 
 
@@ -421,7 +487,7 @@ def test_schedule_due_honours_its_batch_size(conn: psycopg.Connection, store: St
         for i in range(5)
     ]
 
-    assert store.job_schedule_due(QUEUE, 2) == 2
+    assert store.job_schedule_due(2) == 2
 
     states = conn.execute("SELECT id, state FROM metadata.river_job ORDER BY id").fetchall()
     assert states == [(i, "available") for i in ids[:2]] + [(i, "scheduled") for i in ids[2:]]
@@ -431,14 +497,27 @@ def test_schedule_due_honours_its_batch_size(conn: psycopg.Connection, store: St
 
 
 def claim_plan(conn: psycopg.Connection) -> dict[str, Any]:
-    """EXPLAIN of the claim exactly as Store sends it, parameters bound client-side."""
-    query = psycopg.ClientCursor(conn).mogrify(
-        QUERIES["job_get_available"],
-        {"queue": QUEUE, "max_to_lock": 10, "attempted_by": "w", "lease_namespace": 1},
-    )
-    row = conn.execute("EXPLAIN (FORMAT JSON) " + query).fetchone()
-    assert row is not None
-    plan: dict[str, Any] = row[0][0]["Plan"]
+    """The plan of the claim query inside payments.job_claim, as the real function runs it:
+    auto_explain reports every nested statement's plan as a NOTICE; the claim is rolled back."""
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    with conn.transaction(force_rollback=True):
+        for setting in (
+            "auto_explain.log_min_duration = 0",
+            "auto_explain.log_nested_statements = on",
+            "auto_explain.log_format = json",
+            "auto_explain.log_level = notice",
+        ):
+            conn.execute(f"SET LOCAL {setting}")
+        conn.execute(QUERIES["job_get_available"], {"max_to_lock": 10, "attempted_by": "w"})
+    plans = [
+        json.loads(notice[notice.index("{") :])
+        for notice in notices
+        if "plan:" in notice and "SKIP LOCKED" in notice
+    ]
+    assert len(plans) == 1, notices
+    plan: dict[str, Any] = plans[0]["Plan"]
     return plan
 
 
@@ -472,7 +551,7 @@ def test_claim_uses_the_prioritized_fetching_index_after_analyze(
     plan = claim_plan(conn)
 
     assert INDEX in indexes_used(plan), json.dumps(plan, default=str, indent=1)
-    assert sorted(job.id for job in store.job_get_available(QUEUE, 10, "w")) == available
+    assert sorted(job.id for job in store.job_get_available(10, "w")) == available
 
 
 def test_claim_uses_the_prioritized_fetching_index_never_analysed(
@@ -494,4 +573,4 @@ def test_claim_uses_the_prioritized_fetching_index_never_analysed(
     plan = claim_plan(conn)
 
     assert INDEX in indexes_used(plan), json.dumps(plan, default=str, indent=1)
-    assert sorted(job.id for job in store.job_get_available(QUEUE, 10, "w")) == available
+    assert sorted(job.id for job in store.job_get_available(10, "w")) == available

@@ -1,8 +1,9 @@
 """The leader's maintenance against real PostgreSQL: Leadership, the loops it gates, and the
 Scheduler, Rescuer and Cleaner, one `run_once()` at a time.
 
-Deaths are real: a Store closed, a backend terminated, a worker process killed. A lease is
-found the way the rescuer finds it, in pg_locks."""
+Deaths are real: a Store closed, a backend terminated, a worker process killed. A lease or
+the leadership is found the way the functions find it: a row naming a backend alive in
+pg_stat_activity."""
 
 from __future__ import annotations
 
@@ -35,13 +36,16 @@ from tests.integration.rows import (
     job_id_of,
     job_row,
     job_row_or_none,
+    leader_pid,
+    lease_holder,
     listen,
     payment_row,
     received_before_sentinel,
+    set_queue,
 )
 from tests.integration.waiting import wait_until
 from worker.maintenance import RESCUE_ERROR, Cleaner, LeaderLoop, Leadership, Rescuer, Scheduler
-from worker.store import LEASE_NAMESPACE, Store
+from worker.store import Store
 
 OTHER_QUEUE = "other_queue"
 ERROR_KEYS = {"at", "attempt", "error", "trace"}
@@ -117,29 +121,6 @@ def insert_job(
 def job_state(conn: psycopg.Connection, job_id: int) -> str | None:
     row = job_row_or_none(conn, job_id)
     return None if row is None else str(row["state"])
-
-
-def lease_holder(conn: psycopg.Connection, job_id: int) -> int | None:
-    """The backend holding the job's lease, as the rescuer looks for it."""
-    row = conn.execute(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND classid = %s::int::oid AND objid = (%s::bigint %% 2147483647)::oid"
-        " AND objsubid = 2",
-        (LEASE_NAMESPACE, job_id),
-    ).fetchone()
-    return None if row is None else int(row[0])
-
-
-def leader_pid(conn: psycopg.Connection) -> int | None:
-    """The backend holding the maintenance leadership (second key -1)."""
-    row = conn.execute(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND classid = %s::int::oid AND objid = (-1)::int::oid AND objsubid = 2",
-        (LEASE_NAMESPACE,),
-    ).fetchone()
-    return None if row is None else int(row[0])
 
 
 def the_leader(conn: psycopg.Connection) -> int:
@@ -218,6 +199,8 @@ def test_when_the_leaders_store_closes_the_other_takes_over(
     assert old_leader is not None
 
     store_a.close()
+    # It resigned before hanging up: the leadership is vacant at once.
+    assert conn.execute("SELECT count(*) FROM payments.worker_leader").fetchone() == (0,)
     # The server ends the session shortly after the client hangs up.
     wait_until(lambda: not backend_alive(conn, old_leader), what="closed leader backend gone")
 
@@ -253,6 +236,50 @@ def test_a_leader_whose_connection_was_killed_stops_leading_then_leads_again(
     assert try_lead(a) is False
     assert a.run_once() is False
     assert (a.held, b.held) == (False, True)
+
+
+def test_a_live_leader_cannot_be_displaced_even_under_its_own_id(
+    conn: psycopg.Connection, make_store: MakeStore, stop: threading.Event
+) -> None:
+    """Leadership belongs to a session, not a name: another worker claiming the leader's id,
+    or asking over and over, still does not lead while the leader's session lives."""
+    a = Leadership(make_store(), stop=stop, leader_id="worker-a")
+    thief_store = make_store()
+    assert a.run_once() is True
+    held_by = the_leader(conn)
+    for leader_id in ("worker-a", "worker-b", "worker-a"):
+        assert thief_store.leader_elect(leader_id) is False
+        assert a.run_once() is True
+    assert the_leader(conn) == held_by
+    row = conn.execute("SELECT leader_id FROM payments.worker_leader").fetchone()
+    assert row == ("worker-a",)
+
+
+def test_an_expired_leadership_is_taken_and_its_old_holder_learns_it(
+    conn: psycopg.Connection, make_store: MakeStore, stop: threading.Event
+) -> None:
+    """A leader that stopped renewing (alive, but cut off) is replaced once its election
+    expires; when it comes back its renewal fails and it stops leading."""
+    a, b = Leadership(make_store(), stop=stop), Leadership(make_store(), stop=stop)
+    assert a.run_once() is True
+    assert b.run_once() is False
+    conn.execute("UPDATE payments.worker_leader SET expires_at = now() - interval '1 s'")
+
+    assert b.run_once() is True
+    assert a.run_once() is False
+    assert (a.held, b.held) == (False, True)
+
+
+def test_a_leader_that_cannot_renew_stops_leading_when_its_ttl_runs_out(
+    conn: psycopg.Connection, make_store: MakeStore, stop: threading.Event
+) -> None:
+    a = Leadership(make_store(), stop=stop, interval=0.5, ttl=1.0)
+    asked = time.monotonic()
+    assert a.run_once() is True
+    assert a.held
+    # No renewal: held until the ttl, counted from before the last request, is over.
+    wait_until(lambda: not a.held, timeout=3, what="the leadership to lapse")
+    assert time.monotonic() - asked >= 1.0
 
 
 # --- LeaderLoop: only while leading ---------------------------------------------------------
@@ -296,7 +323,7 @@ LOOPS: dict[str, LoopCase] = {
     ),
     "cleaner": (
         lambda store, leadership, stop: Cleaner(
-            store, leadership, queue=QUEUE, stop=stop, completed_retention=60, interval=0.01
+            store, leadership, queue=QUEUE, stop=stop, completed_retention=3600, interval=0.01
         ),
         lambda conn: insert_job(conn, state="completed", finalized_ago="2 hours"),
         lambda conn, job_id: job_row_or_none(conn, job_id) is None,
@@ -373,7 +400,7 @@ def test_the_scheduler_loop_of_the_leader_makes_a_due_retryable_job_available(
             thread.join(timeout=5)
     assert not thread.is_alive()
     assert job_state(conn, later[0]) == "retryable"
-    (job,) = store.job_get_available(QUEUE, 10, "w")
+    (job,) = store.job_get_available(10, "w")
     assert (job.id, job.attempt) == (due, 2)
 
 
@@ -405,7 +432,7 @@ def test_a_job_whose_lease_connection_died_is_made_available_at_once(
     payment_id = insert_payment(conn)
     dead = make_store()
     job = claim(dead, "doomed-worker")
-    assert job.leased
+    assert job.lease_token is not None
     pid = lease_holder(conn, job.id)
     assert pid is not None
     rescuer, wake = make_rescuer(make_store(), stop)
@@ -437,7 +464,7 @@ def test_a_job_whose_lease_connection_died_is_made_available_at_once(
     assert rescuer.run_once() == 0
     taker = make_store()
     again = claim(taker, "live-worker")
-    assert again.leased
+    assert again.lease_token is not None
     assert (again.id, again.attempt) == (job.id, 2)
     assert rescuer.run_once() == 0
 
@@ -448,9 +475,9 @@ def test_a_job_leased_by_a_live_worker_is_left_alone(
     insert_payment(conn)
     insert_payment(conn)
     live = make_store()
-    jobs = live.job_get_available(QUEUE, 10, "live-worker")
+    jobs = live.job_get_available(10, "live-worker")
     assert len(jobs) == 2
-    assert all(job.leased for job in jobs)
+    assert all(job.lease_token is not None for job in jobs)
     before = {job.id: job_row_or_none(conn, job.id) for job in jobs}
     rescuer, wake = make_rescuer(make_store(), stop)
 
@@ -468,7 +495,7 @@ def test_a_leased_job_running_longer_than_stuck_after_is_rescued_anyway(
     insert_payment(conn)
     insert_payment(conn)
     stuck_worker = make_store()
-    stuck, slow = stuck_worker.job_get_available(QUEUE, 2, "stuck-worker")
+    stuck, slow = stuck_worker.job_get_available(2, "stuck-worker")
     conn.execute(
         "UPDATE metadata.river_job SET attempted_at = now() - interval '61 s' WHERE id = %s",
         (stuck.id,),
@@ -482,9 +509,11 @@ def test_a_leased_job_running_longer_than_stuck_after_is_rescued_anyway(
 
     assert rescuer.run_once() == 1
 
-    # Both leases are still held: only the time bound told them apart.
-    assert lease_holder(conn, stuck.id) is not None
-    assert lease_holder(conn, slow.id) is not None
+    # One live session held both: only the time bound told them apart. The stuck job's
+    # lease went with its rescue; the slow one's is still held.
+    worker_pid = lease_holder(conn, slow.id)
+    assert worker_pid is not None and backend_alive(conn, worker_pid)
+    assert lease_holder(conn, stuck.id) is None
     row = job_row(conn, stuck.id)
     assert (row["state"], row["attempt"]) == ("available", 1)
     assert [entry["error"] for entry in row["errors"]] == [RESCUE_ERROR]
@@ -509,7 +538,7 @@ def test_an_orphan_at_max_attempts_is_discarded_and_fails_its_pending_payment(
         ([str(p) for p in (waiting, cancelled, answered)],),
     )
     dead = make_store()
-    jobs = {UUID(job.args["payment_id"]): job for job in dead.job_get_available(QUEUE, 10, "w")}
+    jobs = {UUID(job.args["payment_id"]): job for job in dead.job_get_available(10, "w")}
     assert {p: job.attempt for p, job in jobs.items()} == {
         waiting: 3,
         cancelled: 3,
@@ -574,6 +603,7 @@ def test_the_rescuer_never_touches_another_queue(
     assert {job_id: job_row_or_none(conn, job_id) for job_id in others} == before
     assert not wake.is_set()
     # The same rows are orphans to that queue's own rescuer: the queue alone kept them out.
+    set_queue(conn, OTHER_QUEUE)
     other_rescuer, _ = make_rescuer(make_store(), stop, stuck_after=60, queue=OTHER_QUEUE)
     assert other_rescuer.run_once() == 3
 
@@ -610,7 +640,7 @@ def test_a_job_whose_outcome_is_being_recorded_is_not_rescued(
     insert_payment(conn)
     worker = make_store()
     job = claim(worker, "doomed-worker")
-    assert job.leased
+    assert job.lease_token is not None
     pid = lease_holder(conn, job.id)
     assert pid is not None
     rescuer, _ = make_rescuer(make_store(), stop)

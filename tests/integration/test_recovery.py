@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -20,16 +20,13 @@ from psycopg_pool import ConnectionPool
 from stripe_standin.process import StandinProcess
 from tests import pg
 from tests.integration.conftest import RunningWorker, worker_config
-from tests.integration.rows import QUEUE, insert_payment, job_of, payment_row
+from tests.integration.rows import claim, insert_payment, job_of, leader_pid, payment_row
 from tests.integration.waiting import wait_until
 from worker.maintenance import RESCUE_ERROR
 from worker.models import Job
 from worker.service import Worker, open_pool
-from worker.store import LEASE_NAMESPACE, Store
+from worker.store import Store
 from worker.stripe_gateway import StripeGateway
-
-# Where a simulated worker takes its job from, out of the running worker's sight.
-ASIDE = "held-aside"
 
 
 def status(conn: psycopg.Connection, payment_id: UUID) -> str:
@@ -38,18 +35,11 @@ def status(conn: psycopg.Connection, payment_id: UUID) -> str:
 
 def claim_as_another_worker(conn: psycopg.Connection, store: Store) -> tuple[UUID, Job]:
     """A payment whose job `store` claims with the real claim, leased on its own connection,
-    while the running worker looks on. The job is kept out of its queue until then, else the
-    running worker would take it first; once claimed it is `running` in the payments queue,
-    exactly as a worker of that queue leaves it."""
-    with conn.transaction():
-        payment_id = insert_payment(conn)
-        conn.execute(
-            "UPDATE metadata.river_job SET queue = %s WHERE args->>'payment_id' = %s",
-            (ASIDE, str(payment_id)),
-        )
-    (job,) = store.job_get_available(ASIDE, 1, "dead-worker")
-    assert job.leased
-    conn.execute("UPDATE metadata.river_job SET queue = %s WHERE id = %s", (QUEUE, job.id))
+    before any other worker runs: it is `running`, exactly as a live worker leaves it."""
+    payment_id = insert_payment(conn)
+    job = claim(store, "dead-worker")
+    assert job.lease_token is not None
+    assert job.args == {"payment_id": str(payment_id)}
     return payment_id, job
 
 
@@ -67,12 +57,35 @@ def start_worker(worker: Worker) -> RunningWorker:
 # --- a peer's death --------------------------------------------------------------------------
 
 
+StartWorker = Callable[[], RunningWorker]
+
+
+@pytest.fixture
+def start_late(
+    database_url: str, standin: StandinProcess, pool: ConnectionPool
+) -> Iterator[StartWorker]:
+    """Starts a whole Worker when the test says so (after another worker's claim); every
+    one started is stopped at the end."""
+    started: list[RunningWorker] = []
+
+    def start() -> RunningWorker:
+        running = start_worker(Worker(worker_config(database_url, standin.url), pool))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
 def test_a_job_whose_worker_died_is_run_again_by_a_live_worker(
-    conn: psycopg.Connection, store: Store, standin: StandinProcess, running_worker: RunningWorker
+    conn: psycopg.Connection, store: Store, standin: StandinProcess, start_late: StartWorker
 ) -> None:
     payment_id, job = claim_as_another_worker(conn, store)
+    running_worker = start_late()
     # Alive, its lease keeps the running worker (the leader: it is alone) off the job.
     wait_until(lambda: running_worker.worker.leadership.held, 5, "the worker leads")
+    assert running_worker.worker.rescuer.run_once() == 0
     assert job_of(conn, payment_id)["state"] == "running"
 
     died = time.monotonic()
@@ -99,12 +112,13 @@ def test_a_worker_that_died_after_stripe_answered_is_replayed_not_charged_twice(
     store: Store,
     gateway: StripeGateway,
     standin: StandinProcess,
-    running_worker: RunningWorker,
+    start_late: StartWorker,
 ) -> None:
     """The other worker created the intent at Stripe, then died before its database update:
     the rescue runs the job again with the same idempotency key, and Stripe replays."""
-    payment_id, _ = claim_as_another_worker(conn, store)
-    found = store.payment_get(payment_id)
+    payment_id, job = claim_as_another_worker(conn, store)
+    start_late()
+    found = store.job_payment_get(job)
     assert found is not None
     created = gateway.create_payment_intent(found)
     assert status(conn, payment_id) == "pending_intent"
@@ -158,15 +172,14 @@ def terminate_all_but_me(conn: psycopg.Connection) -> list[str]:
 
 
 def leads(conn: psycopg.Connection) -> bool:
-    """Whether some live session of this database holds the maintenance leadership."""
+    """Whether a live leader connection of a worker holds the maintenance leadership."""
+    pid = leader_pid(conn)
+    if pid is None:
+        return False
     row = conn.execute(
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-        " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::int::oid"
-        " AND l.objid = (-1)::int::oid AND l.objsubid = 2"
-        " AND a.datname = current_database() AND a.application_name = 'payment-worker leader'",
-        (LEASE_NAMESPACE,),
+        "SELECT application_name FROM pg_stat_activity WHERE pid = %s", (pid,)
     ).fetchone()
-    return row == (1,)
+    return row == ("payment-worker leader",)
 
 
 def test_a_worker_that_loses_all_its_database_connections_carries_on(

@@ -68,40 +68,88 @@ def test_a_whole_worker_runs_as_a_payment_worker_login(
     assert jobs == [("completed", ["test-worker"]), ("completed", ["test-worker"])]
 
 
-@pytest.mark.parametrize(
-    "statement",
-    [
-        "INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')",
-        "DELETE FROM payments.transactions",
-        "UPDATE payments.transactions SET amount = 1",
-        "UPDATE payments.transactions SET user_id = 'mallory'",
-        "SELECT create_payment_intent_sync(2500, 'x')",
-        "INSERT INTO metadata.river_job (kind, args, max_attempts) VALUES ('k', '{}', 1)",
-        "DELETE FROM metadata.river_job",
-        "UPDATE payments.config SET currency = 'EUR'",
-        "UPDATE payments.currency SET min_amount = 1",
-    ],
-)
+def database_state(conn: psycopg.Connection) -> tuple[object, ...]:
+    """Every row a worker login could want to change: payments, jobs, config, leases."""
+    return tuple(
+        conn.execute(query).fetchall()
+        for query in (
+            "SELECT * FROM payments.transactions ORDER BY id",
+            "SELECT * FROM metadata.river_job ORDER BY id",
+            "SELECT * FROM payments.config",
+            "SELECT * FROM payments.currency ORDER BY code",
+            "SELECT * FROM payments.job_lease ORDER BY job_id",
+            "SELECT * FROM payments.worker_leader",
+        )
+    )
+
+
+# What the audit did as payment_worker; each must now be refused outright.
+WORKER_ATTACKS = {
+    "set-succeeded": "UPDATE payments.transactions SET status = 'succeeded'",
+    "swap-client-secret": "UPDATE payments.transactions"
+    " SET provider_client_secret = 'pi_m_secret_m'",
+    "fail-pending": "UPDATE payments.transactions SET status = 'failed', error_message = 'x'"
+    " WHERE status = 'pending'",
+    "read-client-secrets": "SELECT provider_client_secret FROM payments.transactions",
+    "read-payments": "SELECT id, amount FROM payments.transactions",
+    # Whatever columns it has (loopback_dsn, say): none is the worker's to read.
+    "read-all-config": "SELECT * FROM payments.config",
+    "read-config": "SELECT queue FROM payments.config",
+    "insert-payment": "INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')",
+    "delete-payments": "DELETE FROM payments.transactions",
+    "change-amount": "UPDATE payments.transactions SET amount = 1",
+    "change-owner": "UPDATE payments.transactions SET user_id = 'mallory'",
+    "call-the-rpc": "SELECT create_payment_intent_sync(2500, 'x')",
+    "read-jobs": "SELECT id FROM metadata.river_job",
+    "rewrite-kind-our-queue": "UPDATE metadata.river_job SET kind = 'evil'"
+    " WHERE queue = 'payments'",
+    "rewrite-args-our-queue": "UPDATE metadata.river_job SET args = '{\"payment_id\": null}'"
+    " WHERE queue = 'payments'",
+    "rewrite-state-our-queue": "UPDATE metadata.river_job SET state = 'completed',"
+    " finalized_at = now() WHERE queue = 'payments'",
+    "rewrite-kind-other-queue": "UPDATE metadata.river_job SET kind = 'evil'"
+    " WHERE queue = 'default'",
+    "rewrite-state-other-queue": "UPDATE metadata.river_job SET state = 'discarded',"
+    " finalized_at = now() WHERE queue = 'default'",
+    "insert-job": "INSERT INTO metadata.river_job (kind, args, max_attempts) VALUES ('k', '{}', 1)",
+    "delete-jobs": "DELETE FROM metadata.river_job",
+    "change-config": "UPDATE payments.config SET currency = 'EUR'",
+    "change-min-retention": "UPDATE payments.config SET min_job_retention = '0 s'",
+    "change-currency": "UPDATE payments.currency SET min_amount = 1",
+    "read-leases": "SELECT token FROM payments.job_lease",
+    "forge-lease": "UPDATE payments.job_lease SET backend_pid = pg_backend_pid()",
+    "drop-leases": "DELETE FROM payments.job_lease",
+    "seize-leadership": "INSERT INTO payments.worker_leader (leader_id, backend_pid,"
+    " backend_start, elected_at, expires_at) VALUES ('m', 1, now(), now(), 'infinity')",
+    "internal-helper": "SELECT payments.job_release(1, 1, gen_random_uuid())",
+    "liveness-helper": "SELECT payments.backend_alive(1, now())",
+}
+
+
+@pytest.mark.parametrize("statement", list(WORKER_ATTACKS.values()), ids=list(WORKER_ATTACKS))
 def test_the_worker_role_cannot(
     conn: psycopg.Connection, database_url: str, login_role: MakeRole, statement: str
 ) -> None:
+    answered = insert_payment(conn)
+    conn.execute(
+        "UPDATE payments.transactions SET status = 'pending', provider_payment_id = 'pi_1',"
+        " provider_client_secret = 'pi_1_secret_real' WHERE id = %s",
+        (answered,),
+    )
     insert_payment(conn)
-    before = conn.execute(
-        "SELECT (SELECT count(*) FROM payments.transactions), (SELECT sum(amount) FROM"
-        " payments.transactions), (SELECT count(*) FROM metadata.river_job),"
-        " (SELECT currency FROM payments.config)"
-    ).fetchone()
+    conn.execute(
+        "INSERT INTO metadata.river_job (kind, args, max_attempts, queue)"
+        " VALUES ('send_email', '{}', 25, 'default')"
+    )
+    before = database_state(conn)
     with connect_as(database_url, login_role("payment_worker")) as worker_conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             worker_conn.execute(statement)
-        # What it may do still works on the same session.
-        assert worker_conn.execute("SELECT count(*) FROM payments.transactions").fetchone() == (1,)
-    after = conn.execute(
-        "SELECT (SELECT count(*) FROM payments.transactions), (SELECT sum(amount) FROM"
-        " payments.transactions), (SELECT count(*) FROM metadata.river_job),"
-        " (SELECT currency FROM payments.config)"
-    ).fetchone()
-    assert after == before
+        # What it may do still works on the same session, and says no more than it should.
+        assert worker_conn.execute("SELECT * FROM payments.worker_settings()").fetchall() == [
+            ("USD", "payments")
+        ]
+    assert database_state(conn) == before
 
 
 # --- the client's role and row-level security -------------------------------------------------

@@ -228,3 +228,77 @@ def test_river_migration_007_applies_to_the_deployed_schema(
         assert job == ("create_payment_intent", 5)
 
     sqitch_ok("verify", db)
+
+
+def privileges_and_policies(conn: psycopg.Connection) -> dict[str, list[tuple[object, ...]]]:
+    """What worker_api changes and its revert must restore: grants on our schemas, tables,
+    columns and functions, the row-level security policies, and every function's text."""
+    ours = "('payments', 'metadata')"
+    return {
+        "schemas": conn.execute(
+            f"SELECT nspname, nspacl::text FROM pg_namespace WHERE nspname IN {ours} ORDER BY 1"
+        ).fetchall(),
+        "relations": conn.execute(
+            "SELECT c.oid::regclass::text, c.relacl::text, c.relrowsecurity FROM pg_class c"
+            f" WHERE c.relnamespace::regnamespace::text IN {ours} ORDER BY 1"
+        ).fetchall(),
+        "columns": conn.execute(
+            "SELECT a.attrelid::regclass::text, a.attname, a.attacl::text FROM pg_attribute a"
+            " JOIN pg_class c ON c.oid = a.attrelid"
+            f" WHERE c.relnamespace::regnamespace::text IN {ours} AND a.attnum > 0"
+            " AND NOT a.attisdropped ORDER BY 1, 2"
+        ).fetchall(),
+        "policies": conn.execute(
+            "SELECT polrelid::regclass::text, polname, polcmd, polroles::regrole[]::text,"
+            " pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid)"
+            " FROM pg_policy ORDER BY 1, 2"
+        ).fetchall(),
+        "functions": conn.execute(
+            "SELECT p.oid::regprocedure::text, p.proacl::text, pg_get_functiondef(p.oid)"
+            " FROM pg_proc p"
+            f" WHERE p.pronamespace::regnamespace::text IN {ours} AND p.prokind = 'f' ORDER BY 1"
+        ).fetchall(),
+    }
+
+
+def test_worker_api_reverts_to_exactly_what_was_there(empty_database: MakeDatabase) -> None:
+    db = empty_database()
+    sqitch_ok("deploy", db, "--to", "worker_api^")
+    with connect(db) as conn:
+        before = privileges_and_policies(conn)
+        assert (
+            "payments.river_job_clean(text,timestamp with time zone,timestamp with time zone"
+            ",integer)"
+        ) in [f[0] for f in before["functions"]]
+
+    sqitch_ok("deploy", db)
+    with connect(db) as conn:
+        deployed = privileges_and_policies(conn)
+        assert deployed != before
+        # payment_worker keeps no table privilege and no policy of its own.
+        assert (
+            conn.execute(
+                "SELECT c.oid::regclass::text FROM pg_class c"
+                " WHERE c.relnamespace::regnamespace::text IN ('payments', 'metadata')"
+                "  AND c.relkind IN ('r', 'v', 'S')"
+                "  AND (has_table_privilege('payment_worker', c.oid,"
+                "                           'SELECT, INSERT, UPDATE, DELETE')"
+                "       OR has_any_column_privilege('payment_worker', c.oid, 'SELECT, UPDATE'))"
+            ).fetchall()
+            == []
+        )
+        assert (
+            conn.execute(
+                "SELECT polname FROM pg_policy WHERE 'payment_worker'::regrole = ANY(polroles)"
+            ).fetchall()
+            == []
+        )
+
+    sqitch_ok("revert", db, "-y", "--to", "worker_api^")
+    with connect(db) as conn:
+        assert privileges_and_policies(conn) == before
+
+    sqitch_ok("deploy", db)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert privileges_and_policies(conn) == deployed

@@ -56,6 +56,10 @@ def test_values_are_read() -> None:
         ({"STRIPE_READ_TIMEOUT": "soon"}, "STRIPE_READ_TIMEOUT must be a number of seconds"),
         ({"STRIPE_READ_TIMEOUT": "500"}, "STRIPE_READ_TIMEOUT must be between"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
+        # Below payments.config.min_job_retention, which the database enforces too.
+        ({"CLEANER_COMPLETED_RETENTION": "3599"}, "CLEANER_COMPLETED_RETENTION must be between"),
+        ({"CLEANER_DISCARDED_RETENTION": "60"}, "CLEANER_DISCARDED_RETENTION must be between"),
+        ({"WORKER_ID": "w" * 128}, "WORKER_ID must be at most 127 characters, got 128"),
     ],
 )
 def test_bad_values_are_named(changes: dict[str, str], message: str) -> None:

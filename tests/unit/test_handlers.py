@@ -16,8 +16,9 @@ class Payments:
     def __init__(self, *payments: Payment) -> None:
         self._by_id = {p.id: p for p in payments}
 
-    def payment_get(self, payment_id: UUID) -> Payment | None:
-        return self._by_id.get(payment_id)
+    def job_payment_get(self, job: Job) -> Payment | None:
+        """The payment the job's args name, as the database finds it for a held job."""
+        return self._by_id.get(UUID(str(job.args["payment_id"])))
 
 
 # Port 9 on loopback refuses: a handler that called Stripe here would fail loudly.

@@ -23,19 +23,31 @@ def test_duplicate_and_empty_names_are_refused() -> None:
 def test_every_query_the_store_runs_is_registered() -> None:
     names = set(queries.QUERIES)
     assert {
+        "config_get",
         "job_get_available",
         "job_set_completed_if_running",
         "job_set_retryable_if_running",
         "job_set_discarded_if_running",
+        "job_set_discarded_failing_payment_if_running",
         "job_schedule_due",
-        "config_get",
-        "payment_get",
-        "payment_set_intent",
-        "payment_set_failed",
+        "job_rescue_orphaned",
+        "job_clean_finalized",
+        "job_payment_get",
+        "job_complete_with_intent",
+        "leader_elect",
+        "leader_resign",
     } <= names
 
 
-def test_every_state_change_from_running_is_guarded() -> None:
+def test_the_worker_touches_no_table_only_its_functions() -> None:
+    """payment_worker has no table privileges: a query naming a table could only fail."""
     for name, query in queries.QUERIES.items():
-        if name.startswith("job_set_") and name.endswith("_if_running"):
-            assert "state = 'running'" in query, name
+        assert "metadata." not in query.replace("metadata.river_insert", ""), name
+        assert "payments.transactions" not in query, name
+        assert "payments.config " not in query, name
+
+
+def test_every_outcome_presents_the_lease() -> None:
+    for name, query in queries.QUERIES.items():
+        if name.startswith("job_set_") or name in ("job_payment_get", "job_complete_with_intent"):
+            assert "%(attempt)s, %(lease)s" in query, name

@@ -1,24 +1,16 @@
--- Queries on payments. The worker never inserts payments; it only moves
--- them out of `pending_intent`, and only from there: a payment that was
--- cancelled, or already given its intent, is left as it is.
+-- The payments a worker may see and answer: only the payment of a job it
+-- holds, never a client secret once stored (schema/deploy/worker_api.sql).
 
 -- name: config_get
-SELECT currency, queue FROM payments.config
+SELECT currency, queue FROM payments.worker_settings()
 
--- name: payment_get
+-- name: job_payment_get
 SELECT id, amount, currency, description, status, provider_payment_id
-FROM payments.transactions
-WHERE id = %(id)s
+FROM payments.job_payment_get(%(id)s, %(attempt)s, %(lease)s)
 
--- name: payment_set_intent
-UPDATE payments.transactions
-SET status = 'pending',
-    provider_payment_id = %(provider_payment_id)s,
-    provider_client_secret = %(client_secret)s
-WHERE id = %(id)s AND status = 'pending_intent'
-RETURNING extract(epoch FROM clock_timestamp() - created_at)::float8 AS latency_seconds
-
--- name: payment_set_failed
-UPDATE payments.transactions
-SET status = 'failed', error_message = %(error_message)s
-WHERE id = %(id)s AND status = 'pending_intent'
+-- name: job_complete_with_intent
+-- Stores the intent on the job's payment if it is still pending_intent and
+-- completes the job, in one transaction.
+SELECT completed, latency_seconds
+FROM payments.job_complete_with_intent(
+    %(id)s, %(attempt)s, %(lease)s, %(provider_payment_id)s, %(client_secret)s)

@@ -1,0 +1,580 @@
+-- Deploy payment_worker:worker_api
+-- requires: payments_security
+-- requires: river_job_clean
+-- The worker role through functions, not tables (README: "Roles and grants").
+--
+-- payment_worker loses every table privilege. What a worker does - read its
+-- settings, claim from our queue, read and answer the payment of a job it
+-- holds, finish that job, and the leader's maintenance - is a SECURITY
+-- DEFINER function below, confined to payments.config.queue. A stolen worker
+-- login can therefore neither read a client secret or the config, nor touch
+-- another queue's jobs, nor move a payment it is not working on.
+--
+-- Leases and leadership are rows in tables only these functions change,
+-- naming the backend (pid and its start time, so a reused pid is not the same
+-- session) that holds them. The advisory locks they replace could be taken,
+-- and so blocked or faked, by any role that can connect.
+
+BEGIN;
+
+-- Liveness is read from pg_stat_activity: the functions' owner must see
+-- every session's backend_start, not only its own.
+DO $check$
+BEGIN
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user)
+       AND NOT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN
+        RAISE EXCEPTION 'the deploying role % cannot see other sessions in pg_stat_activity', current_user
+            USING HINT = format('GRANT pg_read_all_stats TO %I; then deploy again.', current_user);
+    END IF;
+END
+$check$;
+
+-- The cleaner keeps finished jobs at least this long, whatever a worker asks.
+ALTER TABLE payments.config
+    ADD COLUMN min_job_retention interval NOT NULL DEFAULT '1 hour'
+        CONSTRAINT min_job_retention_positive CHECK (min_job_retention > '0'::interval);
+
+-- One row per job a worker holds. UNLOGGED: after a crash every backend is
+-- gone anyway, and an empty table says exactly that.
+CREATE UNLOGGED TABLE payments.job_lease (
+    job_id bigint PRIMARY KEY,
+    attempt smallint NOT NULL,
+    -- Returned to the claimer only: the capability an outcome must present.
+    token uuid NOT NULL,
+    backend_pid integer NOT NULL,
+    backend_start timestamptz NOT NULL
+);
+
+-- Our own leader, not River's metadata.river_leader: a Go River client on the
+-- same schema elects its leader there.
+CREATE UNLOGGED TABLE payments.worker_leader (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    leader_id text NOT NULL CHECK (char_length(leader_id) > 0 AND char_length(leader_id) < 128),
+    backend_pid integer NOT NULL,
+    backend_start timestamptz NOT NULL,
+    elected_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
+-- --- internal helpers (no grants) ----------------------------------------------------------
+
+CREATE FUNCTION payments.backend_alive(p_pid integer, p_started timestamptz) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_stat_get_activity(p_pid) AS a
+        WHERE a.pid = p_pid AND a.backend_start = p_started)
+$$;
+
+CREATE FUNCTION payments.backend_start() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a
+$$;
+
+CREATE FUNCTION payments.require(p_ok boolean, p_message text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_ok IS NOT TRUE THEN
+        RAISE EXCEPTION '%', p_message USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION payments.config_queue() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.queue FROM payments.config AS c
+$$;
+
+-- The payment a create_payment_intent job is for; NULL for anything else.
+CREATE FUNCTION payments.job_payment_id(p_kind text, p_args jsonb) RETURNS uuid
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN p_kind = 'create_payment_intent'
+                 AND p_args ->> 'payment_id' ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'
+                THEN (p_args ->> 'payment_id')::uuid END
+$$;
+
+-- Whether this attempt holds the running job of our queue: its lease row
+-- names this attempt and token, and the backend that claimed it is alive.
+-- An outcome from an attempt whose lease backend has died is refused even
+-- before the rescuer gets to the job: the rescuer owns that job now, and a
+-- newer attempt must never be overwritten by an older one.
+CREATE FUNCTION payments.job_held(p_job_id bigint, p_attempt integer, p_lease uuid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT 1
+        FROM metadata.river_job AS j
+        JOIN payments.job_lease AS l ON l.job_id = j.id AND l.attempt = j.attempt
+        WHERE j.id = p_job_id AND j.attempt = p_attempt AND j.state = 'running'
+          AND j.queue = payments.config_queue()
+          AND l.token = p_lease
+          AND payments.backend_alive(l.backend_pid, l.backend_start))
+$$;
+
+-- For an outcome: locks the job row (the rescuer skips locked rows, so the
+-- two never deadlock), checks the lease and gives it up. False changes nothing.
+CREATE FUNCTION payments.job_release(p_job_id bigint, p_attempt integer, p_lease uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM 1 FROM metadata.river_job AS j
+    WHERE j.id = p_job_id AND j.attempt = p_attempt AND j.state = 'running'
+      AND j.queue = payments.config_queue()
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    DELETE FROM payments.job_lease AS l
+    WHERE l.job_id = p_job_id AND l.attempt = p_attempt AND l.token = p_lease
+      AND payments.backend_alive(l.backend_pid, l.backend_start);
+    RETURN FOUND;
+END
+$$;
+
+CREATE FUNCTION payments.job_error_validate(p_error jsonb) RETURNS void
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT payments.require(jsonb_typeof(p_error) = 'object',
+                            'error must be a JSON object ({"at", "attempt", "error", "trace"})')
+$$;
+
+-- --- what a worker calls -------------------------------------------------------------------
+
+CREATE FUNCTION payments.worker_settings() RETURNS TABLE (currency text, queue text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.currency, c.queue FROM payments.config AS c
+$$;
+
+-- River's claim, on our queue only. SKIP LOCKED lets concurrent workers take
+-- different rows instead of queueing behind each other. attempted_by keeps
+-- River's 100 most recent. In the same statement each job gets its lease row,
+-- naming this backend: called on the worker's dedicated lease connection,
+-- whose session's life is the lease.
+CREATE FUNCTION payments.job_claim(p_max integer, p_attempted_by text)
+RETURNS TABLE (
+    id bigint, kind text, args jsonb, attempt smallint, max_attempts smallint,
+    priority smallint, scheduled_at timestamptz, created_at timestamptz, lease_token uuid
+)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue constant text := payments.config_queue();
+    v_pid constant integer := pg_backend_pid();
+    v_started constant timestamptz := payments.backend_start();
+BEGIN
+    PERFORM payments.require(p_max BETWEEN 1 AND 1000, 'max must be between 1 and 1000');
+    PERFORM payments.require(char_length(p_attempted_by) BETWEEN 1 AND 255,
+                             'attempted_by must be 1 to 255 characters');
+    RETURN QUERY
+    WITH locked_jobs AS (
+        SELECT j.id
+        FROM metadata.river_job AS j
+        WHERE j.state = 'available'
+          AND j.queue = v_queue
+          AND j.scheduled_at <= now()
+        ORDER BY j.priority, j.scheduled_at, j.id
+        LIMIT p_max
+        FOR UPDATE SKIP LOCKED
+    ),
+    claimed AS (
+        UPDATE metadata.river_job AS j
+        SET state = 'running',
+            attempt = j.attempt + 1,
+            attempted_at = now(),
+            attempted_by = array_append(
+                CASE WHEN array_length(j.attempted_by, 1) >= 100
+                     THEN j.attempted_by[array_length(j.attempted_by, 1) - 98:]
+                     ELSE j.attempted_by
+                END,
+                p_attempted_by)
+        FROM locked_jobs
+        WHERE j.id = locked_jobs.id
+        RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.priority,
+                  j.scheduled_at, j.created_at, gen_random_uuid() AS token
+    ),
+    leased AS (
+        INSERT INTO payments.job_lease AS l (job_id, attempt, token, backend_pid, backend_start)
+        SELECT c.id, c.attempt, c.token, v_pid, v_started FROM claimed AS c
+        -- A row left by a job finished outside our functions is stale: replaced.
+        ON CONFLICT (job_id) DO UPDATE
+        SET attempt = EXCLUDED.attempt, token = EXCLUDED.token,
+            backend_pid = EXCLUDED.backend_pid, backend_start = EXCLUDED.backend_start
+    )
+    -- Unreferenced, leased still runs, in this statement (data-modifying CTE).
+    SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.priority,
+           c.scheduled_at, c.created_at, c.token
+    FROM claimed AS c;
+END
+$$;
+
+-- The job's payment, without its client secret, while this attempt holds the job.
+CREATE FUNCTION payments.job_payment_get(p_job_id bigint, p_attempt integer, p_lease uuid)
+RETURNS TABLE (
+    id uuid, amount bigint, currency text, description text, status text, provider_payment_id text
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.id, p.amount, p.currency, p.description, p.status, p.provider_payment_id
+    FROM metadata.river_job AS j
+    JOIN payments.transactions AS p ON p.id = payments.job_payment_id(j.kind, j.args)
+    WHERE j.id = p_job_id
+      AND payments.job_held(p_job_id, p_attempt, p_lease)
+$$;
+
+-- Outcomes: each only for the attempt that holds the job (payments.job_held),
+-- and each gives the lease up in the same transaction.
+
+CREATE FUNCTION payments.job_complete(p_job_id bigint, p_attempt integer, p_lease uuid)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT payments.job_release(p_job_id, p_attempt, p_lease) THEN
+        RETURN false;
+    END IF;
+    UPDATE metadata.river_job SET state = 'completed', finalized_at = now() WHERE id = p_job_id;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION payments.job_retry(
+    p_job_id bigint, p_attempt integer, p_lease uuid, p_error jsonb, p_delay_seconds float8
+) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payments.job_error_validate(p_error);
+    PERFORM payments.require(p_delay_seconds >= 0 AND p_delay_seconds < 'infinity'::float8,
+                             'delay_seconds must be a finite, non-negative number of seconds');
+    IF NOT payments.job_release(p_job_id, p_attempt, p_lease) THEN
+        RETURN false;
+    END IF;
+    UPDATE metadata.river_job
+    SET state = 'retryable',
+        scheduled_at = now() + make_interval(secs => p_delay_seconds),
+        errors = array_append(errors, p_error)
+    WHERE id = p_job_id;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION payments.job_discard(p_job_id bigint, p_attempt integer, p_lease uuid, p_error jsonb)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payments.job_error_validate(p_error);
+    IF NOT payments.job_release(p_job_id, p_attempt, p_lease) THEN
+        RETURN false;
+    END IF;
+    UPDATE metadata.river_job
+    SET state = 'discarded', finalized_at = now(), errors = array_append(errors, p_error)
+    WHERE id = p_job_id;
+    RETURN true;
+END
+$$;
+
+-- Discards the job and fails its payment if that still waits for its intent.
+CREATE FUNCTION payments.job_discard_failing_payment(
+    p_job_id bigint, p_attempt integer, p_lease uuid, p_error jsonb, p_message text
+) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payments.require(char_length(p_message) BETWEEN 1 AND 5000,
+                             'message must be 1 to 5000 characters');
+    IF NOT payments.job_discard(p_job_id, p_attempt, p_lease, p_error) THEN
+        RETURN false;
+    END IF;
+    UPDATE payments.transactions AS p
+    SET status = 'failed', error_message = p_message
+    FROM metadata.river_job AS j
+    WHERE j.id = p_job_id
+      AND p.id = payments.job_payment_id(j.kind, j.args)
+      AND p.status = 'pending_intent';
+    RETURN true;
+END
+$$;
+
+-- Stores the intent on the job's payment if it is pending_intent and completes
+-- the job, together. latency_seconds: insert to now, when this call is what
+-- moved the payment to pending.
+CREATE FUNCTION payments.job_complete_with_intent(
+    p_job_id bigint, p_attempt integer, p_lease uuid, p_provider_payment_id text, p_client_secret text
+) RETURNS TABLE (completed boolean, latency_seconds float8)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_latency float8;
+BEGIN
+    PERFORM payments.require(char_length(p_provider_payment_id) BETWEEN 1 AND 255,
+                             'provider_payment_id must be 1 to 255 characters');
+    PERFORM payments.require(char_length(p_client_secret) BETWEEN 1 AND 255,
+                             'client_secret must be 1 to 255 characters');
+    IF NOT payments.job_release(p_job_id, p_attempt, p_lease) THEN
+        RETURN QUERY SELECT false, NULL::float8;
+        RETURN;
+    END IF;
+    UPDATE payments.transactions AS p
+    SET status = 'pending',
+        provider_payment_id = p_provider_payment_id,
+        provider_client_secret = p_client_secret
+    FROM metadata.river_job AS j
+    WHERE j.id = p_job_id
+      AND p.id = payments.job_payment_id(j.kind, j.args)
+      AND p.status = 'pending_intent'
+    RETURNING extract(epoch FROM clock_timestamp() - p.created_at)::float8 INTO v_latency;
+    UPDATE metadata.river_job SET state = 'completed', finalized_at = now() WHERE id = p_job_id;
+    RETURN QUERY SELECT true, v_latency;
+END
+$$;
+
+-- --- what the leader calls -----------------------------------------------------------------
+
+-- River's scheduler: due retryable and scheduled jobs of our queue become
+-- available. The UPDATE fires no insert trigger, so the workers are
+-- notified here, once.
+CREATE FUNCTION payments.job_schedule_due(p_max integer) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue constant text := payments.config_queue();
+    v_count integer;
+BEGIN
+    PERFORM payments.require(p_max BETWEEN 1 AND 10000, 'max must be between 1 and 10000');
+    WITH due AS (
+        SELECT j.id
+        FROM metadata.river_job AS j
+        WHERE j.state IN ('retryable', 'scheduled')
+          AND j.queue = v_queue
+          AND j.scheduled_at <= now()
+        ORDER BY j.priority, j.scheduled_at, j.id
+        LIMIT p_max
+        FOR UPDATE SKIP LOCKED
+    ),
+    made_available AS (
+        UPDATE metadata.river_job AS j SET state = 'available' FROM due WHERE j.id = due.id RETURNING 1
+    )
+    SELECT count(*) INTO v_count FROM made_available;
+    IF v_count > 0 THEN
+        PERFORM pg_notify('metadata.river_insert', jsonb_build_object('queue', v_queue)::text);
+    END IF;
+    RETURN v_count;
+END
+$$;
+
+-- River's rescuer, with death detected directly: a running job of our queue
+-- whose lease row is missing, or whose lease backend is gone, lost its worker.
+-- The time bound catches the rest (alive but stuck, or behind a half-open
+-- connection). It runs again at once, or is discarded at max_attempts - and
+-- then its payment fails in the same statement, so the waiting RPC answers.
+-- FOR UPDATE re-checks `running` on the latest row version, and SKIP LOCKED
+-- passes over a job whose outcome is being written.
+CREATE FUNCTION payments.job_rescue_orphaned(p_stuck_after_seconds float8, p_max integer, p_error text)
+RETURNS TABLE (id bigint, state text, kind text, attempt smallint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue constant text := payments.config_queue();
+BEGIN
+    -- Below a minute the time bound would take jobs from workers still,
+    -- legitimately, waiting on Stripe.
+    PERFORM payments.require(p_stuck_after_seconds >= 60 AND p_stuck_after_seconds < 'infinity'::float8,
+                             'stuck_after_seconds must be at least 60');
+    PERFORM payments.require(p_max BETWEEN 1 AND 10000, 'max must be between 1 and 10000');
+    PERFORM payments.require(char_length(p_error) BETWEEN 1 AND 1000, 'error must be 1 to 1000 characters');
+    RETURN QUERY
+    WITH orphaned AS (
+        SELECT j.id
+        FROM metadata.river_job AS j
+        WHERE j.state = 'running'
+          AND j.queue = v_queue
+          AND (j.attempted_at < now() - make_interval(secs => p_stuck_after_seconds)
+               OR NOT EXISTS (
+                   SELECT 1 FROM payments.job_lease AS l
+                   WHERE l.job_id = j.id AND l.attempt = j.attempt
+                     AND payments.backend_alive(l.backend_pid, l.backend_start)))
+        ORDER BY j.id
+        LIMIT p_max
+        FOR UPDATE OF j SKIP LOCKED
+    ),
+    rescued AS (
+        UPDATE metadata.river_job AS j
+        SET state = CASE WHEN j.attempt >= j.max_attempts
+                         THEN 'discarded'::metadata.river_job_state
+                         ELSE 'available'::metadata.river_job_state END,
+            finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+            scheduled_at = now(),
+            errors = array_append(j.errors, jsonb_build_object(
+                'at', now(), 'attempt', j.attempt, 'error', p_error, 'trace', ''))
+        FROM orphaned
+        WHERE j.id = orphaned.id
+        RETURNING j.id, j.state, j.kind, j.args, j.attempt
+    ),
+    released AS (
+        DELETE FROM payments.job_lease AS l USING rescued AS r WHERE l.job_id = r.id
+    ),
+    failed AS (
+        UPDATE payments.transactions AS p
+        SET status = 'failed', error_message = format('gave up after %s attempts: %s', r.attempt, p_error)
+        FROM rescued AS r
+        WHERE r.state = 'discarded'
+          AND p.id = payments.job_payment_id(r.kind, r.args)
+          AND p.status = 'pending_intent'
+    )
+    SELECT r.id, r.state::text, r.kind, r.attempt FROM rescued AS r;
+END
+$$;
+
+-- The cleaner: finalized jobs of our queue only, oldest first, a batch at a
+-- time, never younger than payments.config.min_job_retention.
+CREATE FUNCTION payments.job_clean_finalized(
+    p_completed_seconds float8, p_discarded_seconds float8, p_batch integer
+) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_config payments.config;
+    v_minimum float8;
+    v_count integer;
+BEGIN
+    SELECT * INTO STRICT v_config FROM payments.config;
+    v_minimum := extract(epoch FROM v_config.min_job_retention);
+    PERFORM payments.require(
+        p_completed_seconds >= v_minimum AND p_completed_seconds < 'infinity'::float8
+        AND p_discarded_seconds >= v_minimum AND p_discarded_seconds < 'infinity'::float8,
+        format('retentions must be at least payments.config.min_job_retention (%s s)', v_minimum));
+    PERFORM payments.require(p_batch BETWEEN 1 AND 10000, 'batch must be between 1 and 10000');
+    WITH doomed AS (
+        SELECT j.id
+        FROM metadata.river_job AS j
+        WHERE j.queue = v_config.queue
+          AND j.finalized_at IS NOT NULL
+          AND ((j.state IN ('completed', 'cancelled')
+                AND j.finalized_at < now() - make_interval(secs => p_completed_seconds))
+               OR (j.state = 'discarded'
+                   AND j.finalized_at < now() - make_interval(secs => p_discarded_seconds)))
+        ORDER BY j.finalized_at
+        LIMIT p_batch
+        FOR UPDATE SKIP LOCKED
+    ),
+    deleted AS (
+        DELETE FROM metadata.river_job AS j USING doomed WHERE j.id = doomed.id RETURNING j.id
+    ),
+    released AS (
+        DELETE FROM payments.job_lease AS l USING deleted WHERE l.job_id = deleted.id
+    )
+    SELECT count(*) INTO v_count FROM deleted;
+    RETURN v_count;
+END
+$$;
+
+-- Maintenance leadership: taken when vacant, expired, or its holder's backend
+-- is gone (so a dead leader is replaced at once); renewed when the caller's
+-- backend already holds it. Called on the worker's dedicated leader connection.
+CREATE FUNCTION payments.leader_elect(p_leader_id text, p_ttl_seconds float8) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_pid constant integer := pg_backend_pid();
+    v_started constant timestamptz := payments.backend_start();
+BEGIN
+    PERFORM payments.require(char_length(p_leader_id) BETWEEN 1 AND 127,
+                             'leader_id must be 1 to 127 characters');
+    PERFORM payments.require(p_ttl_seconds BETWEEN 1 AND 600, 'ttl_seconds must be between 1 and 600');
+    INSERT INTO payments.worker_leader AS l
+        (singleton, leader_id, backend_pid, backend_start, elected_at, expires_at)
+    VALUES (true, p_leader_id, v_pid, v_started, now(), now() + make_interval(secs => p_ttl_seconds))
+    ON CONFLICT (singleton) DO UPDATE
+    SET leader_id = EXCLUDED.leader_id,
+        backend_pid = EXCLUDED.backend_pid,
+        backend_start = EXCLUDED.backend_start,
+        elected_at = CASE WHEN (l.backend_pid, l.backend_start) = (v_pid, v_started)
+                          THEN l.elected_at ELSE now() END,
+        expires_at = EXCLUDED.expires_at
+    WHERE (l.backend_pid, l.backend_start) = (v_pid, v_started)
+       OR l.expires_at <= now()
+       OR NOT payments.backend_alive(l.backend_pid, l.backend_start);
+    RETURN FOUND;
+END
+$$;
+
+CREATE FUNCTION payments.leader_resign() RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM payments.worker_leader AS l
+    WHERE l.backend_pid = pg_backend_pid() AND l.backend_start = payments.backend_start();
+    RETURN FOUND;
+END
+$$;
+
+-- --- what the exporter reads ---------------------------------------------------------------
+
+-- Finalized jobs are left out: their count grows without bound, and their
+-- rates come from the workers' counters.
+CREATE FUNCTION payments.job_unfinished_counts()
+RETURNS TABLE (queue text, kind text, state text, jobs bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT j.queue, j.kind, j.state::text, count(*)
+    FROM metadata.river_job AS j
+    WHERE j.state IN ('available', 'running', 'retryable', 'scheduled', 'pending')
+    GROUP BY j.queue, j.kind, j.state
+$$;
+
+-- Our queue always has a value (0 when nothing waits), so an alert on it
+-- never goes quiet for lack of a series.
+CREATE FUNCTION payments.job_oldest_available_age() RETURNS TABLE (queue text, age_seconds float8)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ages.queue, coalesce(max(ages.age_seconds), 0)::float8
+    FROM (
+        SELECT j.queue, extract(epoch FROM now() - min(j.scheduled_at)) AS age_seconds
+        FROM metadata.river_job AS j
+        WHERE j.state = 'available' AND j.scheduled_at <= now()
+        GROUP BY j.queue
+        UNION ALL
+        SELECT c.queue, NULL FROM payments.config AS c
+    ) AS ages
+    GROUP BY ages.queue
+$$;
+
+CREATE FUNCTION payments.payment_recent_counts() RETURNS TABLE (status text, payments bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.status, count(*)
+    FROM payments.transactions AS p
+    WHERE p.created_at > now() - interval '24 hours'
+    GROUP BY p.status
+$$;
+
+-- --- grants --------------------------------------------------------------------------------
+
+-- A read-only monitoring group: grant it to the exporter's login when that
+-- should not be a worker. Cluster-wide, like the other two.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'payment_monitor') THEN
+        CREATE ROLE payment_monitor NOLOGIN;
+    END IF;
+END
+$roles$;
+
+DROP POLICY transactions_worker_update ON payments.transactions;
+DROP POLICY transactions_worker_read ON payments.transactions;
+REVOKE ALL ON payments.transactions, payments.config, payments.currency FROM payment_worker;
+REVOKE ALL ON metadata.river_job FROM payment_worker;
+REVOKE ALL ON SCHEMA metadata FROM payment_worker;
+DROP FUNCTION payments.river_job_clean(text, timestamptz, timestamptz, integer);
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA payments FROM PUBLIC;
+GRANT USAGE ON SCHEMA payments TO payment_monitor;
+
+GRANT EXECUTE ON FUNCTION
+    payments.worker_settings(),
+    payments.job_claim(integer, text),
+    payments.job_payment_get(bigint, integer, uuid),
+    payments.job_complete(bigint, integer, uuid),
+    payments.job_retry(bigint, integer, uuid, jsonb, float8),
+    payments.job_discard(bigint, integer, uuid, jsonb),
+    payments.job_discard_failing_payment(bigint, integer, uuid, jsonb, text),
+    payments.job_complete_with_intent(bigint, integer, uuid, text, text),
+    payments.job_schedule_due(integer),
+    payments.job_rescue_orphaned(float8, integer, text),
+    payments.job_clean_finalized(float8, float8, integer),
+    payments.leader_elect(text, float8),
+    payments.leader_resign()
+TO payment_worker;
+
+GRANT EXECUTE ON FUNCTION
+    payments.job_unfinished_counts(),
+    payments.job_oldest_available_age(),
+    payments.payment_recent_counts()
+TO payment_worker, payment_monitor;
+
+COMMIT;
