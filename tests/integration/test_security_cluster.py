@@ -70,7 +70,7 @@ def test_a_deployer_that_is_no_superuser_deploys_and_the_rpc_works(
 ) -> None:
     # What a managed database gives: a login with CREATEROLE owning the database, and an
     # administrator who installed dblink with PUBLIC's EXECUTE revoked.
-    create_login(cluster, "deployer", "CREATEROLE")
+    create_login(cluster, "deployer", "CREATEROLE IN ROLE pg_read_all_stats")
     with admin(cluster) as conn:
         conn.execute("CREATE DATABASE shop OWNER deployer")
     with admin(cluster, "shop") as conn:
@@ -180,7 +180,7 @@ def test_callers_cannot_exhaust_the_server_through_the_loopback(
 
 
 def test_a_deployer_without_createrole_is_told_what_it_needs(cluster: PrivateCluster) -> None:
-    create_login(cluster, "weak_deployer")
+    create_login(cluster, "weak_deployer", "IN ROLE pg_read_all_stats")
     with admin(cluster) as conn:
         conn.execute("CREATE DATABASE weak OWNER weak_deployer")
     with admin(cluster, "weak") as conn:
