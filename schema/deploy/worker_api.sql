@@ -406,7 +406,10 @@ BEGIN
     ),
     failed AS (
         UPDATE payments.transactions AS p
-        SET status = 'failed', error_message = format('gave up after %s attempts: %s', r.attempt, p_error)
+        -- What the caller reads: worker/handlers.py caller_reason() says the
+        -- same; the detail (p_error) is on the job, for the operator.
+        SET status = 'failed', error_message = format(
+            'the payment could not be created (payment %s); the operator has the details', p.id)
         FROM rescued AS r
         WHERE r.state = 'discarded'
           AND p.id = payments.job_payment_id(r.kind, r.args)
