@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from uuid import uuid4
 
@@ -77,10 +78,31 @@ class RunningWorker:
     worker: Worker
     thread: threading.Thread
 
+    @classmethod
+    def start(cls, worker: Worker) -> RunningWorker:
+        """Runs the worker in a thread of this process, once it listens."""
+        thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
+        thread.start()
+        assert worker.listener.listening.wait(10), "worker did not start listening"
+        return cls(worker, thread)
+
     def stop(self) -> None:
         self.worker.request_stop()
         self.thread.join(timeout=10)
         assert not self.thread.is_alive(), "worker did not stop"
+
+
+@contextmanager
+def worker_running_at(database_url: str, standin_url: str) -> Iterator[RunningWorker]:
+    """A whole Worker with a pool of its own on `database_url` (another login, say)."""
+    with ConnectionPool(
+        database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
+    ) as pool:
+        running = RunningWorker.start(Worker(worker_config(database_url, standin_url), pool))
+        try:
+            yield running
+        finally:
+            running.stop()
 
 
 @pytest.fixture
@@ -88,11 +110,7 @@ def running_worker(
     database_url: str, standin: StandinProcess, pool: ConnectionPool
 ) -> Iterator[RunningWorker]:
     """A whole Worker (listener, scheduler, producer) in a thread of this process."""
-    worker = Worker(worker_config(database_url, standin.url), pool)
-    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
-    thread.start()
-    assert worker.listener.listening.wait(5), "worker did not start listening"
-    running = RunningWorker(worker, thread)
+    running = RunningWorker.start(Worker(worker_config(database_url, standin.url), pool))
     yield running
     running.stop()
 

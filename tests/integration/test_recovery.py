@@ -47,13 +47,6 @@ def intents_for(standin: StandinProcess, payment_id: UUID) -> list[dict[str, Any
     return standin.admin.intents_with_metadata("payment_id", str(payment_id))
 
 
-def start_worker(worker: Worker) -> RunningWorker:
-    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
-    thread.start()
-    assert worker.listener.listening.wait(5), "worker did not start listening"
-    return RunningWorker(worker, thread)
-
-
 # --- a peer's death --------------------------------------------------------------------------
 
 
@@ -69,7 +62,7 @@ def start_late(
     started: list[RunningWorker] = []
 
     def start() -> RunningWorker:
-        running = start_worker(Worker(worker_config(database_url, standin.url), pool))
+        running = RunningWorker.start(Worker(worker_config(database_url, standin.url), pool))
         started.append(running)
         return running
 
@@ -153,7 +146,7 @@ def pooled_worker(
     stop = threading.Event()
     pool = open_pool(config, stop)
     try:
-        running = start_worker(Worker(config, pool, stop))
+        running = RunningWorker.start(Worker(config, pool, stop))
         yield running
         running.stop()
     finally:
@@ -261,7 +254,7 @@ def test_jobs_inserted_while_no_worker_runs_are_done_soon_after_one_starts(
         return row == (20,)
 
     started = time.monotonic()
-    running = start_worker(Worker(worker_config(database_url, standin.url), pool))
+    running = RunningWorker.start(Worker(worker_config(database_url, standin.url), pool))
     try:
         wait_until(all_pending, 5, "all 20 payments pending")
         elapsed = time.monotonic() - started

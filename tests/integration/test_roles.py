@@ -3,19 +3,22 @@ and the RPC's loopback connection surviving the loss of its backend."""
 
 from __future__ import annotations
 
-import threading
 import time
 from uuid import uuid4
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg_pool import ConnectionPool
 
 from stripe_standin.process import StandinProcess
-from tests.integration.conftest import MakeRole, RunningWorker, connect_as, role_url, worker_config
+from tests.integration.conftest import (
+    MakeRole,
+    RunningWorker,
+    connect_as,
+    role_url,
+    worker_running_at,
+)
 from tests.integration.rows import insert_payment
-from worker.service import Worker
 
 RPC = "SELECT create_payment_intent_sync(%s, %s)"
 
@@ -29,39 +32,30 @@ def test_a_whole_worker_runs_as_a_payment_worker_login(
     login_role: MakeRole,
 ) -> None:
     url = role_url(database_url, login_role("payment_worker"))
-    with ConnectionPool(
-        url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
-    ) as role_pool:
-        worker = Worker(worker_config(url, standin.url), role_pool)
-        thread = threading.Thread(target=worker.run, name="role-worker", daemon=True)
-        thread.start()
-        running = RunningWorker(worker, thread)
-        try:
-            assert worker.listener.listening.wait(5), "worker did not start listening"
-            row = conn.execute(RPC, (2500, "least privilege")).fetchone()
-            assert row is not None
-            result = row[0]
-            assert result["status"] == "pending"
-            # Through the scheduler too: a retry needs UPDATE and pg_notify, nothing more.
-            # Committed together, so the job is never seen available before it is retryable.
-            with conn.transaction():
-                payment_id = insert_payment(conn)
-                conn.execute(
-                    "UPDATE metadata.river_job SET state = 'retryable',"
-                    " scheduled_at = now() - interval '1 s' WHERE args->>'payment_id' = %s",
-                    (str(payment_id),),
-                )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                status = conn.execute(
-                    "SELECT status FROM payments.transactions WHERE id = %s", (payment_id,)
-                ).fetchone()
-                if status == ("pending",):
-                    break
-                worker.stop.wait(0.02)
-            assert status == ("pending",)
-        finally:
-            running.stop()
+    with worker_running_at(url, standin.url) as running:
+        worker = running.worker
+        row = conn.execute(RPC, (2500, "least privilege")).fetchone()
+        assert row is not None
+        result = row[0]
+        assert result["status"] == "pending"
+        # Through the scheduler too: a retry needs UPDATE and pg_notify, nothing more.
+        # Committed together, so the job is never seen available before it is retryable.
+        with conn.transaction():
+            payment_id = insert_payment(conn)
+            conn.execute(
+                "UPDATE metadata.river_job SET state = 'retryable',"
+                " scheduled_at = now() - interval '1 s' WHERE args->>'payment_id' = %s",
+                (str(payment_id),),
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = conn.execute(
+                "SELECT status FROM payments.transactions WHERE id = %s", (payment_id,)
+            ).fetchone()
+            if status == ("pending",):
+                break
+            worker.stop.wait(0.02)
+        assert status == ("pending",)
     intents = standin.admin.intents_with_metadata("payment_id", result["payment_id"])
     assert [intent["client_secret"] for intent in intents] == [result["client_secret"]]
     jobs = conn.execute("SELECT state, attempted_by FROM metadata.river_job ORDER BY id").fetchall()

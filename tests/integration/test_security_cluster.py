@@ -5,7 +5,6 @@ cannot show: a deploy by a login that is not a superuser, and connection exhaust
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from urllib.parse import quote
@@ -13,12 +12,10 @@ from urllib.parse import quote
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg_pool import ConnectionPool
 
 from stripe_standin.process import StandinProcess
 from tests.chaos.cluster import PrivateCluster, sqitch_deploy
-from tests.integration.conftest import RunningWorker, worker_config
-from worker.service import Worker
+from tests.integration.conftest import worker_running_at
 
 MAX_CONNECTIONS = 30
 RESERVED = 3  # superuser_reserved_connections
@@ -90,20 +87,11 @@ def test_a_deployer_that_is_no_superuser_deploys_and_the_rpc_works(
             " ON r.oid = p.proowner WHERE p.oid = 'public.create_payment_intent_sync'::regproc"
         ).fetchone()
         assert owner == ("deployer", False)
-    worker_url = url(cluster, "shop", "shop_worker")
-    with ConnectionPool(
-        worker_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
-    ) as pool:
-        worker = Worker(worker_config(worker_url, standin.url), pool)
-        thread = threading.Thread(target=worker.run, name="cluster-worker", daemon=True)
-        thread.start()
-        running = RunningWorker(worker, thread)
-        try:
-            assert worker.listener.listening.wait(10), "worker did not start listening"
-            with psycopg.connect(url(cluster, "shop", "shop_app"), autocommit=True) as client:
-                row = client.execute(RPC, (2500, "deployed without a superuser")).fetchone()
-        finally:
-            running.stop()
+    with (
+        worker_running_at(url(cluster, "shop", "shop_worker"), standin.url),
+        psycopg.connect(url(cluster, "shop", "shop_app"), autocommit=True) as client,
+    ):
+        row = client.execute(RPC, (2500, "deployed without a superuser")).fetchone()
     assert row is not None
     assert row[0]["status"] == "pending"
     assert row[0]["client_secret"].startswith("pi_")
