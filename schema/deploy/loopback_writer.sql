@@ -69,21 +69,29 @@ UPDATE payments.transactions AS p SET owner_role = c.authenticator_roles[1]
 FROM payments.config AS c WHERE p.user_id IS NOT NULL;
 
 CREATE FUNCTION payments.caller_user_id() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN session_user::text = ANY (c.authenticator_roles)
-                THEN nullif(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub', '')
-           END
-    FROM payments.config AS c
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT CASE WHEN session_user::text = ANY (c.authenticator_roles)
+                    THEN nullif(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub', '')
+               END
+        FROM payments.config AS c
+    );
+END
 $$;
 
 CREATE FUNCTION payments.caller_owns(p_owner_role text, p_user_id text) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(p_owner_role = session_user::text
-        AND CASE WHEN session_user::text = ANY (c.authenticator_roles)
-                 THEN p_user_id = payments.caller_user_id()
-                 ELSE p_user_id IS NULL
-            END, false)
-    FROM payments.config AS c
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT coalesce(p_owner_role = session_user::text
+            AND CASE WHEN session_user::text = ANY (c.authenticator_roles)
+                     THEN p_user_id = payments.caller_user_id()
+                     ELSE p_user_id IS NULL
+                END, false)
+        FROM payments.config AS c
+    );
+END
 $$;
 
 DROP POLICY transactions_owner_read ON payments.transactions;
@@ -220,9 +228,13 @@ $writer$;
 -- A ticket: HMAC-SHA256 of a canonical text of what the RPC asks the loopback
 -- to do, under a key only the functions' owner can read.
 CREATE FUNCTION payments.loopback_ticket(p_message text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT encode(sha256(l.ticket_opad || sha256(l.ticket_ipad || convert_to(p_message, 'UTF8'))), 'hex')
-    FROM payments.loopback AS l
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT encode(sha256(l.ticket_opad || sha256(l.ticket_ipad || convert_to(p_message, 'UTF8'))), 'hex')
+        FROM payments.loopback AS l
+    );
+END
 $$;
 
 CREATE FUNCTION payments.loopback_ticket_check(p_message text, p_ticket text) RETURNS void
@@ -238,8 +250,12 @@ $$;
 CREATE FUNCTION payments.payment_record_message(
     p_id uuid, p_owner_role text, p_user_id text, p_amount bigint, p_currency text, p_description text
 ) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT jsonb_build_array('record', p_id, p_owner_role, p_user_id, p_amount, p_currency, p_description)::text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_build_array('record', p_id, p_owner_role, p_user_id, p_amount, p_currency, p_description)::text
+    );
+END
 $$;
 
 -- What the loopback login may do: the first records a payment, the second
@@ -270,8 +286,12 @@ $$;
 
 -- A libpq connection-string value, quoted.
 CREATE FUNCTION payments.conninfo_quote(p_value text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT '''' || replace(replace(p_value, '\', '\\'), '''', '\''') || ''''
+LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT '''' || replace(replace(p_value, '\', '\\'), '''', '\''') || ''''
+    );
+END
 $$;
 
 -- The named loopback connection, opened once per session and reused: opening
@@ -361,6 +381,26 @@ BEGIN
 END
 $$;
 
+-- PL/pgSQL rather than SQL, here and in every function on the RPC's and the
+-- workers' paths: PostgreSQL plans a non-inlined SQL function's body anew on
+-- every call (a function with SET search_path is never inlined), while
+-- PL/pgSQL keeps its plans for the session.
+CREATE OR REPLACE FUNCTION payments.payment_json(p payments.transactions) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'payment_id', p.id,
+            'client_secret', p.provider_client_secret,
+            'amount', round(p.amount::numeric / 10::numeric ^ c.minor_unit, c.minor_unit),
+            'currency', p.currency,
+            'status', p.status,
+            'description', p.description)
+        FROM payments.currency AS c WHERE c.code = p.currency
+    );
+END
+$$;
+
 -- What a session may ask for with SET payments.sync_timeout, within the cap.
 CREATE FUNCTION payments.sync_timeout_for_session(p_config payments.config) RETURNS interval
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -417,11 +457,15 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION public.get_payment(payment_id uuid) RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT payments.payment_json(p) || jsonb_build_object('error_message', p.error_message)
-    FROM payments.transactions AS p
-    WHERE p.id = get_payment.payment_id
-      AND payments.caller_owns(p.owner_role, p.user_id)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT payments.payment_json(p) || jsonb_build_object('error_message', p.error_message)
+        FROM payments.transactions AS p
+        WHERE p.id = get_payment.payment_id
+          AND payments.caller_owns(p.owner_role, p.user_id)
+    );
+END
 $$;
 
 COMMENT ON FUNCTION public.get_payment(uuid) IS

@@ -59,15 +59,23 @@ CREATE UNLOGGED TABLE payments.worker_leader (
 -- --- internal helpers (no grants) ----------------------------------------------------------
 
 CREATE FUNCTION payments.backend_alive(p_pid integer, p_started timestamptz) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_stat_get_activity(p_pid) AS a
-        WHERE a.pid = p_pid AND a.backend_start = p_started)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT EXISTS (
+            SELECT 1 FROM pg_catalog.pg_stat_get_activity(p_pid) AS a
+            WHERE a.pid = p_pid AND a.backend_start = p_started)
+    );
+END
 $$;
 
 CREATE FUNCTION payments.backend_start() RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a
+    );
+END
 $$;
 
 CREATE FUNCTION payments.require(p_ok boolean, p_message text) RETURNS void
@@ -80,16 +88,24 @@ END
 $$;
 
 CREATE FUNCTION payments.config_queue() RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT c.queue FROM payments.config AS c
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT c.queue FROM payments.config AS c
+    );
+END
 $$;
 
 -- The payment a create_payment_intent job is for; NULL for anything else.
 CREATE FUNCTION payments.job_payment_id(p_kind text, p_args jsonb) RETURNS uuid
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN p_kind = 'create_payment_intent'
-                 AND p_args ->> 'payment_id' ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'
-                THEN (p_args ->> 'payment_id')::uuid END
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT CASE WHEN p_kind = 'create_payment_intent'
+                     AND p_args ->> 'payment_id' ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'
+                    THEN (p_args ->> 'payment_id')::uuid END
+    );
+END
 $$;
 
 -- Whether this attempt holds the running job of our queue: its lease row
@@ -98,15 +114,19 @@ $$;
 -- before the rescuer gets to the job: the rescuer owns that job now, and a
 -- newer attempt must never be overwritten by an older one.
 CREATE FUNCTION payments.job_held(p_job_id bigint, p_attempt integer, p_lease uuid) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (
-        SELECT 1
-        FROM metadata.river_job AS j
-        JOIN payments.job_lease AS l ON l.job_id = j.id AND l.attempt = j.attempt
-        WHERE j.id = p_job_id AND j.attempt = p_attempt AND j.state = 'running'
-          AND j.queue = payments.config_queue()
-          AND l.token = p_lease
-          AND payments.backend_alive(l.backend_pid, l.backend_start))
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT EXISTS (
+            SELECT 1
+            FROM metadata.river_job AS j
+            JOIN payments.job_lease AS l ON l.job_id = j.id AND l.attempt = j.attempt
+            WHERE j.id = p_job_id AND j.attempt = p_attempt AND j.state = 'running'
+              AND j.queue = payments.config_queue()
+              AND l.token = p_lease
+              AND payments.backend_alive(l.backend_pid, l.backend_start))
+    );
+END
 $$;
 
 -- For an outcome: locks the job row (the rescuer skips locked rows, so the
@@ -129,16 +149,22 @@ END
 $$;
 
 CREATE FUNCTION payments.job_error_validate(p_error jsonb) RETURNS void
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT payments.require(jsonb_typeof(p_error) = 'object',
-                            'error must be a JSON object ({"at", "attempt", "error", "trace"})')
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payments.require(jsonb_typeof(p_error) = 'object',
+                             'error must be a JSON object ({"at", "attempt", "error", "trace"})');
+END
 $$;
 
 -- --- what a worker calls -------------------------------------------------------------------
 
 CREATE FUNCTION payments.worker_settings() RETURNS TABLE (currency text, queue text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT c.currency, c.queue FROM payments.config AS c
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        SELECT c.currency, c.queue FROM payments.config AS c;
+END
 $$;
 
 -- River's claim, on our queue only. SKIP LOCKED lets concurrent workers take
@@ -208,12 +234,16 @@ CREATE FUNCTION payments.job_payment_get(p_job_id bigint, p_attempt integer, p_l
 RETURNS TABLE (
     id uuid, amount bigint, currency text, description text, status text, provider_payment_id text
 )
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT p.id, p.amount, p.currency, p.description, p.status, p.provider_payment_id
-    FROM metadata.river_job AS j
-    JOIN payments.transactions AS p ON p.id = payments.job_payment_id(j.kind, j.args)
-    WHERE j.id = p_job_id
-      AND payments.job_held(p_job_id, p_attempt, p_lease)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        SELECT p.id, p.amount, p.currency, p.description, p.status, p.provider_payment_id
+        FROM metadata.river_job AS j
+        JOIN payments.transactions AS p ON p.id = payments.job_payment_id(j.kind, j.args)
+        WHERE j.id = p_job_id
+          AND payments.job_held(p_job_id, p_attempt, p_lease);
+END
 $$;
 
 -- Outcomes: each only for the attempt that holds the job (payments.job_held),
@@ -505,35 +535,47 @@ $$;
 -- rates come from the workers' counters.
 CREATE FUNCTION payments.job_unfinished_counts()
 RETURNS TABLE (queue text, kind text, state text, jobs bigint)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT j.queue, j.kind, j.state::text, count(*)
-    FROM metadata.river_job AS j
-    WHERE j.state IN ('available', 'running', 'retryable', 'scheduled', 'pending')
-    GROUP BY j.queue, j.kind, j.state
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        SELECT j.queue, j.kind, j.state::text, count(*)
+        FROM metadata.river_job AS j
+        WHERE j.state IN ('available', 'running', 'retryable', 'scheduled', 'pending')
+        GROUP BY j.queue, j.kind, j.state;
+END
 $$;
 
 -- Our queue always has a value (0 when nothing waits), so an alert on it
 -- never goes quiet for lack of a series.
 CREATE FUNCTION payments.job_oldest_available_age() RETURNS TABLE (queue text, age_seconds float8)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ages.queue, coalesce(max(ages.age_seconds), 0)::float8
-    FROM (
-        SELECT j.queue, extract(epoch FROM now() - min(j.scheduled_at)) AS age_seconds
-        FROM metadata.river_job AS j
-        WHERE j.state = 'available' AND j.scheduled_at <= now()
-        GROUP BY j.queue
-        UNION ALL
-        SELECT c.queue, NULL FROM payments.config AS c
-    ) AS ages
-    GROUP BY ages.queue
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        SELECT ages.queue, coalesce(max(ages.age_seconds), 0)::float8
+        FROM (
+            SELECT j.queue, extract(epoch FROM now() - min(j.scheduled_at)) AS age_seconds
+            FROM metadata.river_job AS j
+            WHERE j.state = 'available' AND j.scheduled_at <= now()
+            GROUP BY j.queue
+            UNION ALL
+            SELECT c.queue, NULL FROM payments.config AS c
+        ) AS ages
+        GROUP BY ages.queue;
+END
 $$;
 
 CREATE FUNCTION payments.payment_recent_counts() RETURNS TABLE (status text, payments bigint)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT p.status, count(*)
-    FROM payments.transactions AS p
-    WHERE p.created_at > now() - interval '24 hours'
-    GROUP BY p.status
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        SELECT p.status, count(*)
+        FROM payments.transactions AS p
+        WHERE p.created_at > now() - interval '24 hours'
+        GROUP BY p.status;
+END
 $$;
 
 -- --- grants --------------------------------------------------------------------------------

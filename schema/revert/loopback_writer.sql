@@ -164,6 +164,18 @@ CREATE POLICY transactions_owner_read ON payments.transactions
     FOR SELECT TO payment_client
     USING (user_id = payments.current_user_id());
 
+CREATE OR REPLACE FUNCTION payments.payment_json(p payments.transactions) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'payment_id', p.id,
+        'client_secret', p.provider_client_secret,
+        'amount', round(p.amount::numeric / 10::numeric ^ c.minor_unit, c.minor_unit),
+        'currency', p.currency,
+        'status', p.status,
+        'description', p.description)
+    FROM payments.currency AS c WHERE c.code = p.currency
+$$;
+
 DROP FUNCTION payments.sync_timeout_for_session(payments.config);
 DROP FUNCTION payments.caller_owns(text, text);
 DROP FUNCTION payments.caller_user_id();
