@@ -5,10 +5,8 @@ and the Stripe stand-in in a subprocess."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
-from decimal import Decimal
 
 import psycopg
 import pytest
@@ -17,9 +15,6 @@ from pytest_postgresql import factories
 
 from stripe_standin.process import StandinProcess
 from tests import pg
-
-# Money in JSON comes back as Decimal, never float, in every test.
-psycopg.types.json.set_json_loads(lambda text: json.loads(text, parse_float=Decimal))
 
 pw_server = factories.postgresql_noproc(
     host=pg.HOST,
@@ -58,8 +53,11 @@ def database_url(pw_database: psycopg.Connection) -> str:
 
 @pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
-    """An autocommit connection to this test's database, as the admin user."""
+    """An autocommit connection to this test's database, as the admin user. Money in
+    JSON reads back as Decimal, never float, on this connection only: the worker under
+    test parses its jobs' args with psycopg's defaults, as in production."""
     with psycopg.connect(database_url, autocommit=True) as connection:
+        pg.money_as_decimal(connection)
         yield connection
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
+
+import psycopg
+import psycopg.types.json
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = ROOT / "schema"
@@ -15,6 +21,11 @@ HOST = os.environ.get("PGHOST", "127.0.0.1")
 PORT = int(os.environ.get("PGPORT", "5432"))
 USER = os.environ.get("PGUSER", "postgres")
 PASSWORD = os.environ.get("PGPASSWORD") or None
+
+
+def money_as_decimal(conn: psycopg.Connection[Any]) -> None:
+    """JSON numbers read on `conn` become Decimal, never float (money compares exactly)."""
+    psycopg.types.json.set_json_loads(lambda text: json.loads(text, parse_float=Decimal), conn)
 
 
 def url(dbname: str, user: str = USER, password: str | None = PASSWORD) -> str:

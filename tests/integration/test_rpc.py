@@ -11,6 +11,7 @@ import pytest
 
 from stripe_standin.client import card_declined, scripted_error
 from stripe_standin.process import StandinProcess
+from tests import pg
 from tests.integration.conftest import RunningWorker
 
 RPC = "SELECT create_payment_intent_sync(%s, %s)"
@@ -68,6 +69,7 @@ def test_works_inside_an_explicit_transaction_at_each_isolation_level(
 ) -> None:
     for level in ("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"):
         with psycopg.connect(database_url) as tx_conn:
+            pg.money_as_decimal(tx_conn)
             tx_conn.execute(f"SET TRANSACTION ISOLATION LEVEL {level}")
             tx_conn.execute("SELECT 1")  # the snapshot is taken before the RPC
             row = tx_conn.execute(RPC, (1234, level)).fetchone()
