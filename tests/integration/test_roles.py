@@ -117,7 +117,43 @@ WORKER_ATTACKS = {
     " backend_start, elected_at, expires_at) VALUES ('m', 1, now(), now(), 'infinity')",
     "internal-helper": "SELECT payments.job_release(1, 1, gen_random_uuid())",
     "liveness-helper": "SELECT payments.backend_alive(1, now())",
+    "read-loopback-password": "SELECT password FROM payments.loopback",
+    "loopback-writer-function": "SELECT payments.writer_payment_get(gen_random_uuid(), NULL)",
+    "dblink": "SELECT payments.dblink_connect('x', 'dbname=postgres')",
 }
+
+# The same for a client: beyond its two RPCs and its own rows, nothing.
+CLIENT_ATTACKS = {
+    "read-config": "SELECT * FROM payments.config",
+    "read-loopback-password": "SELECT password FROM payments.loopback",
+    "set-authenticators": "UPDATE payments.config SET authenticator_roles = '{}'",
+    "raise-the-cap": "UPDATE payments.config SET max_sync_timeout = '1 year'",
+    "fail-own-payment": "UPDATE payments.transactions SET status = 'failed', error_message = 'x'",
+    "insert-payment": "INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')",
+    "read-jobs": "SELECT * FROM metadata.river_job",
+    "claim-jobs": "SELECT * FROM payments.job_claim(10, 'client')",
+    "take-leadership": "SELECT payments.leader_elect('client', 600)",
+    "loopback-writer-function": "SELECT payments.writer_payment_record(gen_random_uuid(), 'x',"
+    " NULL, 2500, 'USD', NULL, repeat('0', 64))",
+    "ticket-helper": "SELECT payments.loopback_ticket('anything')",
+    "dblink": "SELECT payments.dblink_connect('x', 'dbname=postgres')",
+}
+
+
+@pytest.mark.parametrize("statement", list(CLIENT_ATTACKS.values()), ids=list(CLIENT_ATTACKS))
+def test_the_client_role_cannot(
+    conn: psycopg.Connection, database_url: str, login_role: MakeRole, statement: str
+) -> None:
+    client = login_role("payment_client")
+    insert_payment(conn, owner_role=client)
+    before = database_state(conn)
+    with connect_as(database_url, client) as client_conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            client_conn.execute(statement)
+        # Its own payment is still readable on the same session.
+        count = client_conn.execute("SELECT count(*) FROM payments.transactions").fetchone()
+        assert count == (1,)
+    assert database_state(conn) == before
 
 
 @pytest.mark.parametrize("statement", list(WORKER_ATTACKS.values()), ids=list(WORKER_ATTACKS))
