@@ -28,7 +28,6 @@ def test_every_query_the_store_runs_is_registered() -> None:
         "job_set_completed_if_running",
         "job_set_retryable_if_running",
         "job_set_discarded_if_running",
-        "job_set_discarded_failing_payment_if_running",
         "job_schedule_due",
         "job_rescue_orphaned",
         "job_clean_finalized",
