@@ -117,7 +117,7 @@ class Ours:
     ) -> None:
         from psycopg_pool import ConnectionPool
         from worker.executor import JobExecutor
-        from worker.handlers import Done
+        from worker.jobs import Done, Kinds
         from worker.listener import InsertListener
         from worker.maintenance import Cleaner, Leadership, Rescuer, Scheduler
         from worker.models import Job
@@ -126,13 +126,13 @@ class Ours:
 
         from common import jsonlog
 
-        class Noop:
-            kind = KIND
+        def noop(job: Job) -> Done:
+            started = time.monotonic()
+            records.append((job.args["n"], job.args.get("t0"), started))
+            return Done()
 
-            def work(self, job: Job) -> Done:
-                started = time.monotonic()
-                records.append((job.args["n"], job.args.get("t0"), started))
-                return Done()
+        kinds = Kinds()
+        kinds.register(KIND, noop, given_up=None)
 
         jsonlog.configure("INFO")
         worker_id = f"bench:{os.getpid()}"
@@ -154,7 +154,7 @@ class Ours:
         stop, wake = threading.Event(), threading.Event()
         producer = Producer(
             store,
-            JobExecutor(store, {KIND: Noop()}),
+            JobExecutor(store, kinds),
             worker_id=worker_id,
             concurrency=concurrency,
             poll_interval=1.0,
@@ -166,7 +166,7 @@ class Ours:
             "listener": InsertListener(dsn, QUEUE, wake, stop).run,
             "leadership": leadership.run,
             "scheduler": Scheduler(store, leadership, queue=QUEUE, wake=wake, stop=stop).run,
-            "rescuer": Rescuer(store, leadership, queue=QUEUE, wake=wake, stop=stop).run,
+            "rescuer": Rescuer(store, leadership, queue=QUEUE, stop=stop).run,
             "cleaner": Cleaner(store, leadership, queue=QUEUE, stop=stop).run,
         }
 

@@ -1,4 +1,8 @@
-"""Runs one claimed job through its handler and records the outcome, River style."""
+"""Runs one claimed job through its kind's work and records the outcome, River style.
+
+Kind-agnostic: what a kind does, and what giving up one of its jobs means, are
+registered with the kind (worker/jobs.py). A discarded job's effect (failing its
+payment, say) is applied by the database whoever discards it (payments.job_kind)."""
 
 from __future__ import annotations
 
@@ -12,30 +16,33 @@ from typing import Any, Protocol
 from common.jsonlog import redact
 from worker import telemetry
 from worker.backoff import retry_delay
-from worker.handlers import Done, JobFailure
-from worker.models import Job
-from worker.store import Store
+from worker.jobs import Done, Job, JobFailure, Kind
 
 log = logging.getLogger("worker.executor")
 
 
-class Handler(Protocol):
-    kind: str
+class Outcomes(Protocol):
+    """How the core records an outcome; each call is fenced by the job's lease and
+    returns whether the job was still this attempt's."""
 
-    def work(self, job: Job) -> Done: ...
+    def job_complete(self, job: Job) -> bool: ...
+
+    def job_retry(self, job: Job, error: dict[str, Any], delay_seconds: float) -> bool: ...
+
+    def job_discard(self, job: Job, error: dict[str, Any]) -> bool: ...
 
 
 class JobExecutor:
-    def __init__(self, store: Store, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, store: Outcomes, kinds: Mapping[str, Kind]) -> None:
         self._store = store
-        self._handlers = dict(handlers)
+        self._kinds = kinds
 
     def execute(self, job: Job) -> None:
         """Works the job and records its outcome, which also gives its lease up.
 
         If the outcome cannot be recorded (the database went away), the lease
         stays until its connection dies or the time bound passes: the rescuer
-        then runs the job again, and Stripe replays the intent it already made."""
+        then runs the job again."""
         context: dict[str, Any] = {"job_id": job.id, "kind": job.kind, "attempt": job.attempt}
         try:
             self._execute(job, context)
@@ -47,23 +54,15 @@ class JobExecutor:
         try:
             done = self._work(job)
         except JobFailure as failure:
-            context["payment_id"] = str(failure.payment_id) if failure.payment_id else None
-            context["stripe_request_id"] = failure.request_id
+            context.update(failure.context)
             self._fail(job, failure, failure.__cause__ or failure, started, context)
             return
         except Exception as exc:  # a bug or an outage: recorded on the job, retried
             unexpected = JobFailure(f"{type(exc).__name__}: {exc}", permanent=False)
             self._fail(job, unexpected, exc, started, context)
             return
-        if done.payment_id is not None:
-            context["payment_id"] = str(done.payment_id)
-        if done.intent is not None:
-            context["stripe_request_id"] = done.intent.request_id
-            ours, latency = self._store.job_complete_with_intent(job, done.intent)
-            if latency is not None:
-                telemetry.PAYMENT_LATENCY.observe(latency)
-        else:
-            ours = self._store.job_complete(job)
+        context.update(done.context)
+        ours = done.complete(job) if done.complete else self._store.job_complete(job)
         _finished(job, "completed", started)
         context["duration_ms"] = _ms_since(started)
         if ours:
@@ -72,10 +71,12 @@ class JobExecutor:
             log.warning("job completed, but it was no longer running: left as found", extra=context)
 
     def _work(self, job: Job) -> Done:
-        handler = self._handlers.get(job.kind)
-        if handler is None:
+        kind = self._kinds.get(job.kind)
+        if kind is None:
+            # As River does: another deployment may know the kind, so errored
+            # and retried with backoff, and discarded at max_attempts.
             raise JobFailure(f"no handler registered for job kind {job.kind!r}", permanent=False)
-        return handler.work(job)
+        return kind.work(job)
 
     def _fail(
         self,
@@ -85,7 +86,7 @@ class JobExecutor:
         started: float,
         context: dict[str, Any],
     ) -> None:
-        error = {
+        error: dict[str, Any] = {
             "at": datetime.now(UTC).isoformat(),
             "attempt": job.attempt,
             "error": redact(failure.message),
@@ -96,15 +97,14 @@ class JobExecutor:
         if failure.permanent or job.attempt >= job.max_attempts:
             if not failure.permanent:
                 context["error"] = f"gave up after {job.attempt} attempts: {failure.message}"
-            # The caller gets a reason without internals; the detail is in errors[] and the log.
-            failed = []
-            if failure.payment_id:
-                failed = [(failure.payment_id, failure.caller_message(failure.payment_id))]
-            ours = self._store.job_discard(job, error, failed)
+            if failure.caller_message:
+                # Read by the kind's given-up effect; River ignores extra keys.
+                error["caller_message"] = redact(failure.caller_message)
+            ours = self._store.job_discard(job, error)
             _finished(job, "discarded", started)
             log.error("job discarded" if ours else "job failed, no longer running", extra=context)
             return
-        delay = retry_delay(job.attempt)
+        delay = retry_delay(job.error_count + 1)
         ours = self._store.job_retry(job, error, delay)
         _finished(job, "retried", started)
         context["retry_in_s"] = round(delay, 3)

@@ -1,34 +1,44 @@
-"""Job handlers: what each job kind does. They never run SQL: they read through
-a narrow interface and return what should be stored."""
+"""Job handlers: what each job kind does, and its registration with the queue core
+(worker/jobs.py). They never run SQL: they read and write through a narrow
+interface of the store."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 from uuid import UUID
 
-from common.jsonlog import redact
+from worker import jobs, telemetry
 from worker.models import Job, Payment, PaymentIntent
 from worker.stripe_gateway import StripeFailure, StripeGateway
 
+# What the database does when a create_payment_intent job is given up, by our
+# executor, our rescuer or anyone else's (schema/deploy/worker_api.sql): fails
+# its payment if it still waits for its intent, with caller_reason's words.
+PAYMENT_GIVEN_UP = "payments.create_payment_intent_given_up"
 
-class PaymentReader(Protocol):
+
+class PaymentStore(Protocol):
     def job_payment_get(self, job: Job) -> Payment | None: ...
+
+    def job_complete_with_intent(
+        self, job: Job, intent: PaymentIntent
+    ) -> tuple[bool, float | None]: ...
 
 
 def caller_reason(payment_id: UUID) -> str:
     """What the caller reads of a failure whose detail is for the operator only.
 
-    The RPC raises it as `Payment intent creation failed: <this>`; keep it stable."""
+    The RPC raises it as `Payment intent creation failed: <this>`; keep it stable.
+    payments.create_payment_intent_given_up writes the same words."""
     return f"the payment could not be created (payment {payment_id}); the operator has the details"
 
 
-class JobFailure(Exception):
-    """The job did not succeed. A permanent failure is not retried; `payment_id`
-    names the payment to mark failed when the job is given up.
-
-    `message` is the detail, for the job's errors[] and the log; `public_message`
-    is what the caller may read instead of `caller_reason` (a card decline)."""
+class JobFailure(jobs.JobFailure):
+    """A payment job's failure: `payment_id` and `request_id` go into its log lines;
+    `public_message` is what the caller may read instead of `caller_reason` (a card
+    decline)."""
 
     def __init__(
         self,
@@ -39,16 +49,15 @@ class JobFailure(Exception):
         request_id: str | None = None,
         public_message: str | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.permanent = permanent
+        super().__init__(
+            message,
+            permanent=permanent,
+            caller_message=public_message,
+            context=_log_context(payment_id, request_id),
+        )
         self.payment_id = payment_id
         self.request_id = request_id
         self.public_message = public_message
-
-    def caller_message(self, payment_id: UUID) -> str:
-        """The payment's error_message: scrubbed as a log line is, never the detail."""
-        return redact(self.public_message or caller_reason(payment_id))
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,25 @@ class CreatePaymentIntent:
 
     kind = "create_payment_intent"
 
-    def __init__(self, payments: PaymentReader, gateway: StripeGateway, currency: str) -> None:
+    def __init__(self, payments: PaymentStore, gateway: StripeGateway, currency: str) -> None:
         self._payments = payments
         self._gateway = gateway
         self._currency = currency
+
+    def run(self, job: Job) -> jobs.Done:
+        """The queue core's side: the work's result, as an outcome to record."""
+        done = self.work(job)
+        intent = done.intent
+        context = _log_context(done.payment_id, intent.request_id if intent else None)
+        if intent is None:
+            return jobs.Done(context=context)
+        return jobs.Done(complete=partial(self._complete, intent), context=context)
+
+    def _complete(self, intent: PaymentIntent, job: Job) -> bool:
+        ours, latency = self._payments.job_complete_with_intent(job, intent)
+        if latency is not None:
+            telemetry.PAYMENT_LATENCY.observe(latency)
+        return ours
 
     def work(self, job: Job) -> Done:
         payment_id = _payment_id(job)
@@ -103,3 +127,20 @@ def _payment_id(job: Job) -> UUID:
         return UUID(str(raw))
     except ValueError:
         raise JobFailure(f"job args have no valid payment_id: {raw!r}", permanent=True) from None
+
+
+def register(
+    kinds: jobs.Kinds, payments: PaymentStore, gateway: StripeGateway, currency: str
+) -> None:
+    """The payment kinds, each with its work and its given-up effect."""
+    handler = CreatePaymentIntent(payments, gateway, currency)
+    kinds.register(handler.kind, handler.run, given_up=PAYMENT_GIVEN_UP)
+
+
+def _log_context(payment_id: UUID | None, request_id: str | None) -> dict[str, str | None]:
+    context: dict[str, str | None] = {}
+    if payment_id is not None:
+        context["payment_id"] = str(payment_id)
+    if request_id is not None:
+        context["stripe_request_id"] = request_id
+    return context

@@ -1,5 +1,6 @@
 """What River's leader does, done by one worker at a time: elect a leader,
-schedule due jobs, rescue jobs whose worker died, clean finished ones.
+schedule due jobs, rescue jobs whose worker died, clean finished ones, keep our
+queue's row in metadata.river_queue.
 
 Every loop has one shape: settings checked in __init__, `run()` that only
 sleeps, handles shutdown and calls `run_once()`, and `run_once()` that tests
@@ -149,7 +150,8 @@ class Scheduler(LeaderLoop):
 
 
 class Rescuer(LeaderLoop):
-    """Jobs left `running` by a dead worker run again (or are discarded at max_attempts)."""
+    """Jobs left `running` by a dead worker become retryable after River's backoff
+    (the scheduler then makes them available), or are discarded at max_attempts."""
 
     name = "rescuer"
 
@@ -159,7 +161,6 @@ class Rescuer(LeaderLoop):
         leadership: Leadership,
         *,
         queue: str,
-        wake: threading.Event,
         stop: threading.Event,
         stuck_after: float = 900.0,
         interval: float = 1.0,
@@ -168,27 +169,50 @@ class Rescuer(LeaderLoop):
         super().__init__(store, leadership, queue=queue, stop=stop, interval=interval, batch=batch)
         if stuck_after <= 0:
             raise ValueError("rescuer: stuck_after must be positive")
-        self._wake = wake
         self._stuck_after = stuck_after
 
     def run_once(self) -> int:
         rescued = self._store.job_rescue_orphaned(self._stuck_after, self._batch, RESCUE_ERROR)
         for job in rescued:
-            log.warning(
-                "job rescued",
-                extra={
-                    "job_id": job.id,
-                    "kind": job.kind,
-                    "attempt": job.attempt,
-                    "state": job.state,
-                },
-            )
+            extra = {"job_id": job.id, "kind": job.kind, "attempt": job.attempt, "state": job.state}
+            if job.retry_in_seconds is not None:
+                extra["retry_in_s"] = round(job.retry_in_seconds, 3)
+            log.warning("job rescued", extra=extra)
         if rescued:
             telemetry.JOBS_RESCUED.labels(self._queue).inc(len(rescued))
-        if any(job.state == "available" for job in rescued):
-            self._store.notify_insert(self._queue)
-            self._wake.set()
         return len(rescued)
+
+
+class QueueKeeper(LeaderLoop):
+    """Keeps our queue's row of metadata.river_queue, as River's producers keep theirs:
+    River UI lists and pauses queues by these rows, and a River client's queue
+    cleaner deletes one not updated for 24 h (and a pause with it)."""
+
+    name = "queue keeper"
+
+    def __init__(
+        self,
+        store: Store,
+        leadership: Leadership,
+        *,
+        queue: str,
+        stop: threading.Event,
+        interval: float = 60.0,
+    ) -> None:
+        super().__init__(store, leadership, queue=queue, stop=stop, interval=interval, batch=1)
+        self.paused = False
+
+    def run_once(self) -> int:
+        paused = self._store.queue_touch()
+        if paused != self.paused:
+            log.warning(
+                "queue paused (River UI or a River client): no job is claimed until resumed"
+                if paused
+                else "queue resumed",
+                extra={"queue": self._queue},
+            )
+        self.paused = paused
+        return 0
 
 
 class Cleaner(LeaderLoop):

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 from uuid import UUID
 
+# The queue core's job, re-exported for the modules that pass it along with payments.
+from worker.jobs import Job
 
-@dataclass(frozen=True)
-class Job:
-    id: int
-    kind: str
-    args: dict[str, Any]
-    attempt: int
-    max_attempts: int
-    priority: int
-    scheduled_at: datetime
-    created_at: datetime
-    # The claim's proof of holding the job (payments.job_lease): every outcome
-    # presents it. None for a job this process did not claim.
-    lease_token: UUID | None = field(default=None, repr=False)
+__all__ = ["Job", "Payment", "PaymentIntent", "QueueSettings", "RescuedJob"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +37,8 @@ class RescuedJob:
     state: str
     kind: str
     attempt: int
+    # When it runs again (retryable), or None (discarded).
+    retry_in_seconds: float | None
 
 
 @dataclass(frozen=True)

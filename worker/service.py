@@ -10,12 +10,12 @@ from types import FrameType
 import psycopg.conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from worker import telemetry
+from worker import handlers, telemetry
 from worker.config import Config
 from worker.executor import JobExecutor
-from worker.handlers import CreatePaymentIntent
+from worker.jobs import KindMismatch, Kinds
 from worker.listener import InsertListener
-from worker.maintenance import Cleaner, Leadership, Rescuer, Scheduler
+from worker.maintenance import Cleaner, Leadership, QueueKeeper, Rescuer, Scheduler
 from worker.producer import Producer
 from worker.store import KEEPALIVE_PARAMS, Store
 from worker.stripe_gateway import StripeGateway, StripeSettings
@@ -90,13 +90,19 @@ class Worker:
                 network_retries=config.stripe_network_retries,
             )
         )
-        handler = CreatePaymentIntent(self.store, gateway, settings.currency)
-        for outcome in ("completed", "retried", "discarded"):
-            # Present at 0 from the start, so increase() sees the first one.
-            telemetry.JOBS_FINISHED.labels(handler.kind, outcome)
+        kinds = Kinds()
+        handlers.register(kinds, self.store, gateway, settings.currency)
+        try:
+            kinds.check(self.store.job_kind_list())
+        except KindMismatch as exc:
+            raise StartupError(f"{exc}; deploy the schema that goes with this worker") from None
+        for kind in kinds:
+            for outcome in ("completed", "retried", "discarded"):
+                # Present at 0 from the start, so increase() sees the first one.
+                telemetry.JOBS_FINISHED.labels(kind, outcome)
         self.producer = Producer(
             self.store,
-            JobExecutor(self.store, {handler.kind: handler}),
+            JobExecutor(self.store, kinds),
             worker_id=config.worker_id,
             concurrency=config.concurrency,
             poll_interval=config.poll_interval,
@@ -112,7 +118,6 @@ class Worker:
             self.store,
             self.leadership,
             queue=self.queue,
-            wake=self.wake,
             stop=self.stop,
             stuck_after=config.rescue_after,
         )
@@ -123,6 +128,9 @@ class Worker:
             stop=self.stop,
             completed_retention=config.completed_retention,
             discarded_retention=config.discarded_retention,
+        )
+        self.queue_keeper = QueueKeeper(
+            self.store, self.leadership, queue=self.queue, stop=self.stop
         )
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
@@ -138,6 +146,7 @@ class Worker:
             "scheduler": self.scheduler.run,
             "rescuer": self.rescuer.run,
             "cleaner": self.cleaner.run,
+            "queue keeper": self.queue_keeper.run,
         }
         threads = [threading.Thread(target=f, name=n, daemon=True) for n, f in loops.items()]
         for thread in threads:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
@@ -237,34 +236,29 @@ class Store:
         with self._pool.connection() as conn:
             return _ours(conn.execute(Q["job_set_retryable_if_running"], params).fetchone())
 
-    def job_discard(
-        self, job: Job, error: dict[str, Any], failed_payments: Sequence[tuple[UUID, str]] = ()
-    ) -> bool:
-        """Discards the job, and fails its payment with the message given for it,
-        in one transaction. Only the job's own payment can be failed."""
+    def job_discard(self, job: Job, error: dict[str, Any]) -> bool:
+        """Discards the job; the database applies its kind's given-up effect
+        (payments.job_kind) in the same transaction."""
         params: dict[str, Any] = {**_held(job), "error": json.dumps(error)}
-        if not failed_payments:
-            query = Q["job_set_discarded_if_running"]
-        else:
-            (payment_id, message), *more = failed_payments
-            if more or payment_id != _payment_of(job):
-                raise ValueError(f"job {job.id} can fail only its own payment")
-            query = Q["job_set_discarded_failing_payment_if_running"]
-            params["error_message"] = message
         with self._pool.connection() as conn:
-            return _ours(conn.execute(query, params).fetchone())
+            return _ours(conn.execute(Q["job_set_discarded_if_running"], params).fetchone())
+
+    def job_kind_list(self) -> dict[str, str | None]:
+        """The kinds the database knows, with their given-up effect functions."""
+        with self._pool.connection() as conn:
+            return {kind: given_up for kind, given_up in conn.execute(Q["job_kind_list"])}
+
+    def queue_touch(self) -> bool:
+        """Keeps our queue's metadata.river_queue row, as River's producers keep theirs;
+        returns whether the queue is paused (claims find nothing then)."""
+        with self._pool.connection() as conn:
+            row = conn.execute(Q["queue_touch"]).fetchone()
+        return row is not None and bool(row[0])
 
 
 def _held(job: Job) -> dict[str, Any]:
     """What proves the caller holds the job: its id, attempt and lease token."""
     return {"id": job.id, "attempt": job.attempt, "lease": job.lease_token}
-
-
-def _payment_of(job: Job) -> UUID | None:
-    try:
-        return UUID(str(job.args.get("payment_id")))
-    except ValueError:
-        return None
 
 
 def _ours(row: tuple[Any, ...] | None) -> bool:

@@ -156,6 +156,106 @@ BEGIN
 END
 $$;
 
+-- River's DefaultClientRetryPolicy, as worker/backoff.py: n^4 s +-10 %, n being
+-- len(errors) + 1; bounded only where Go's time.Duration would overflow.
+CREATE FUNCTION payments.retry_delay_seconds(p_error_count integer) RETURNS float8
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_max constant float8 := 9223372036.854775807;
+    v_base constant float8 := least(power(greatest(p_error_count, 1)::float8, 4), v_max);
+BEGIN
+    IF v_base = v_max THEN
+        RETURN v_max;
+    END IF;
+    RETURN least(v_base + v_base * (random() * 0.2 - 0.1), v_max);
+END
+$$;
+
+-- --- job kinds and what giving one up means ------------------------------------------------
+
+-- Every kind our workers run, with the function applied when one of its jobs
+-- in our queue is given up: discarded or cancelled (by our executor, our
+-- rescuer, a River client's rescuer, River UI) or deleted unfinished. The
+-- function takes (job id, args, the caller_message of its last error or NULL).
+-- A worker refuses to start when its registered kinds disagree with this table.
+CREATE TABLE payments.job_kind (
+    kind text PRIMARY KEY CHECK (char_length(kind) > 0 AND char_length(kind) < 128),
+    given_up regproc
+);
+
+-- create_payment_intent given up: its payment, if it still waits for its
+-- intent, fails. The caller reads the card's message when the last error
+-- carried one, else worker/handlers.py caller_reason()'s words.
+CREATE FUNCTION payments.create_payment_intent_given_up(
+    p_job_id bigint, p_args jsonb, p_caller_message text
+) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE payments.transactions AS p
+    SET status = 'failed',
+        error_message = coalesce(
+            left(nullif(p_caller_message, ''), 5000),
+            format('the payment could not be created (payment %s); the operator has the details', p.id))
+    WHERE p.id = payments.job_payment_id('create_payment_intent', p_args)
+      AND p.status = 'pending_intent';
+END
+$$;
+
+INSERT INTO payments.job_kind (kind, given_up)
+VALUES ('create_payment_intent', 'payments.create_payment_intent_given_up');
+
+-- SECURITY DEFINER: the role that discarded the job (a River client's login)
+-- needs no privilege on our payments for the effect to apply.
+CREATE FUNCTION payments.job_given_up() RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id bigint;
+    v_kind text;
+    v_queue text;
+    v_args jsonb;
+    v_errors jsonb[];
+    v_effect regproc;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        SELECT OLD.id, OLD.kind, OLD.queue, OLD.args, OLD.errors
+        INTO v_id, v_kind, v_queue, v_args, v_errors;
+    ELSE
+        SELECT NEW.id, NEW.kind, NEW.queue, NEW.args, NEW.errors
+        INTO v_id, v_kind, v_queue, v_args, v_errors;
+    END IF;
+    IF v_queue IS DISTINCT FROM payments.config_queue() THEN
+        RETURN NULL;
+    END IF;
+    SELECT k.given_up INTO v_effect FROM payments.job_kind AS k WHERE k.kind = v_kind;
+    IF v_effect IS NOT NULL THEN
+        EXECUTE format('SELECT %s($1, $2, $3)', v_effect)
+        USING v_id, v_args, v_errors[cardinality(v_errors)] ->> 'caller_message';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER river_job_given_up
+    AFTER UPDATE OF state ON metadata.river_job
+    FOR EACH ROW
+    WHEN (NEW.state IN ('discarded', 'cancelled') AND OLD.state NOT IN ('discarded', 'cancelled'))
+    EXECUTE FUNCTION payments.job_given_up();
+
+CREATE TRIGGER river_job_deleted_unfinished
+    AFTER DELETE ON metadata.river_job
+    FOR EACH ROW
+    WHEN (OLD.state NOT IN ('completed', 'discarded', 'cancelled'))
+    EXECUTE FUNCTION payments.job_given_up();
+
+-- --- our queue, as River sees queues ---------------------------------------------------------
+
+-- Our queue's row, so River UI lists it and can pause it. River's queue
+-- cleaner deletes rows not updated for 24 h: the leader keeps it fresh
+-- (payments.queue_touch), as River's producers do theirs.
+INSERT INTO metadata.river_queue (name, updated_at)
+SELECT c.queue, now() FROM payments.config AS c
+ON CONFLICT (name) DO NOTHING;
+
 -- --- what a worker calls -------------------------------------------------------------------
 
 CREATE FUNCTION payments.worker_settings() RETURNS TABLE (currency text, queue text)
@@ -175,7 +275,8 @@ $$;
 CREATE FUNCTION payments.job_claim(p_max integer, p_attempted_by text)
 RETURNS TABLE (
     id bigint, kind text, args jsonb, attempt smallint, max_attempts smallint,
-    priority smallint, scheduled_at timestamptz, created_at timestamptz, lease_token uuid
+    priority smallint, scheduled_at timestamptz, created_at timestamptz, lease_token uuid,
+    error_count integer
 )
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -194,6 +295,11 @@ BEGIN
         WHERE j.state = 'available'
           AND j.queue = v_queue
           AND j.scheduled_at <= now()
+          -- River UI's or a River client's pause of our queue (paused_at set,
+          -- '*' included) holds our claims too, until it is resumed.
+          AND NOT EXISTS (
+              SELECT 1 FROM metadata.river_queue AS q
+              WHERE q.name = v_queue AND q.paused_at IS NOT NULL)
         ORDER BY j.priority, j.scheduled_at, j.id
         LIMIT p_max
         FOR UPDATE SKIP LOCKED
@@ -212,7 +318,8 @@ BEGIN
         FROM locked_jobs
         WHERE j.id = locked_jobs.id
         RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.priority,
-                  j.scheduled_at, j.created_at, gen_random_uuid() AS token
+                  j.scheduled_at, j.created_at, gen_random_uuid() AS token,
+                  coalesce(cardinality(j.errors), 0) AS error_count
     ),
     leased AS (
         INSERT INTO payments.job_lease AS l (job_id, attempt, token, backend_pid, backend_start)
@@ -224,7 +331,7 @@ BEGIN
     )
     -- Unreferenced, leased still runs, in this statement (data-modifying CTE).
     SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.priority,
-           c.scheduled_at, c.created_at, c.token
+           c.scheduled_at, c.created_at, c.token, c.error_count
     FROM claimed AS c;
 END
 $$;
@@ -281,6 +388,7 @@ BEGIN
 END
 $$;
 
+-- The kind's given-up effect follows from the trigger river_job_given_up.
 CREATE FUNCTION payments.job_discard(p_job_id bigint, p_attempt integer, p_lease uuid, p_error jsonb)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -292,27 +400,6 @@ BEGIN
     UPDATE metadata.river_job
     SET state = 'discarded', finalized_at = now(), errors = array_append(errors, p_error)
     WHERE id = p_job_id;
-    RETURN true;
-END
-$$;
-
--- Discards the job and fails its payment if that still waits for its intent.
-CREATE FUNCTION payments.job_discard_failing_payment(
-    p_job_id bigint, p_attempt integer, p_lease uuid, p_error jsonb, p_message text
-) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payments.require(char_length(p_message) BETWEEN 1 AND 5000,
-                             'message must be 1 to 5000 characters');
-    IF NOT payments.job_discard(p_job_id, p_attempt, p_lease, p_error) THEN
-        RETURN false;
-    END IF;
-    UPDATE payments.transactions AS p
-    SET status = 'failed', error_message = p_message
-    FROM metadata.river_job AS j
-    WHERE j.id = p_job_id
-      AND p.id = payments.job_payment_id(j.kind, j.args)
-      AND p.status = 'pending_intent';
     RETURN true;
 END
 $$;
@@ -350,7 +437,31 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION payments.job_kind_list() RETURNS TABLE (kind text, given_up text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        SELECT k.kind, k.given_up::text FROM payments.job_kind AS k;
+END
+$$;
+
 -- --- what the leader calls -----------------------------------------------------------------
+
+-- River's QueueCreateOrSetUpdatedAt for our queue: a pause set meanwhile is
+-- kept. Returns whether the queue is paused.
+CREATE FUNCTION payments.queue_touch() RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_paused boolean;
+BEGIN
+    INSERT INTO metadata.river_queue AS q (name, updated_at)
+    VALUES (payments.config_queue(), now())
+    ON CONFLICT (name) DO UPDATE SET updated_at = EXCLUDED.updated_at
+    RETURNING q.paused_at IS NOT NULL INTO v_paused;
+    RETURN v_paused;
+END
+$$;
 
 -- River's scheduler: due retryable and scheduled jobs of our queue become
 -- available. The UPDATE fires no insert trigger, so the workers are
@@ -386,12 +497,15 @@ $$;
 -- River's rescuer, with death detected directly: a running job of our queue
 -- whose lease row is missing, or whose lease backend is gone, lost its worker.
 -- The time bound catches the rest (alive but stuck, or behind a half-open
--- connection). It runs again at once, or is discarded at max_attempts - and
--- then its payment fails in the same statement, so the waiting RPC answers.
+-- connection). As River's rescuer does, it becomes retryable after River's
+-- backoff for len(errors) + 1 (the scheduler then makes it available), or is
+-- discarded at max_attempts - and then its kind's given-up effect follows from
+-- the trigger, as for any discard. A job that kills its process thus waits
+-- 1, 16, 81 ... s between attempts instead of burning them all in seconds.
 -- FOR UPDATE re-checks `running` on the latest row version, and SKIP LOCKED
 -- passes over a job whose outcome is being written.
 CREATE FUNCTION payments.job_rescue_orphaned(p_stuck_after_seconds float8, p_max integer, p_error text)
-RETURNS TABLE (id bigint, state text, kind text, attempt smallint)
+RETURNS TABLE (id bigint, state text, kind text, attempt smallint, retry_in_seconds float8)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -405,7 +519,10 @@ BEGIN
     PERFORM payments.require(char_length(p_error) BETWEEN 1 AND 1000, 'error must be 1 to 1000 characters');
     RETURN QUERY
     WITH orphaned AS (
-        SELECT j.id
+        SELECT j.id,
+               CASE WHEN j.attempt < j.max_attempts
+                    THEN payments.retry_delay_seconds(coalesce(cardinality(j.errors), 0) + 1)
+               END AS delay
         FROM metadata.river_job AS j
         WHERE j.state = 'running'
           AND j.queue = v_queue
@@ -420,32 +537,22 @@ BEGIN
     ),
     rescued AS (
         UPDATE metadata.river_job AS j
-        SET state = CASE WHEN j.attempt >= j.max_attempts
+        SET state = CASE WHEN o.delay IS NULL
                          THEN 'discarded'::metadata.river_job_state
-                         ELSE 'available'::metadata.river_job_state END,
-            finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
-            scheduled_at = now(),
+                         ELSE 'retryable'::metadata.river_job_state END,
+            finalized_at = CASE WHEN o.delay IS NULL THEN now() END,
+            scheduled_at = CASE WHEN o.delay IS NULL THEN j.scheduled_at
+                                ELSE now() + make_interval(secs => o.delay) END,
             errors = array_append(j.errors, jsonb_build_object(
                 'at', now(), 'attempt', j.attempt, 'error', p_error, 'trace', ''))
-        FROM orphaned
-        WHERE j.id = orphaned.id
-        RETURNING j.id, j.state, j.kind, j.args, j.attempt
+        FROM orphaned AS o
+        WHERE j.id = o.id
+        RETURNING j.id, j.state, j.kind, j.attempt, o.delay
     ),
     released AS (
         DELETE FROM payments.job_lease AS l USING rescued AS r WHERE l.job_id = r.id
-    ),
-    failed AS (
-        UPDATE payments.transactions AS p
-        -- What the caller reads: worker/handlers.py caller_reason() says the
-        -- same; the detail (p_error) is on the job, for the operator.
-        SET status = 'failed', error_message = format(
-            'the payment could not be created (payment %s); the operator has the details', p.id)
-        FROM rescued AS r
-        WHERE r.state = 'discarded'
-          AND p.id = payments.job_payment_id(r.kind, r.args)
-          AND p.status = 'pending_intent'
     )
-    SELECT r.id, r.state::text, r.kind, r.attempt FROM rescued AS r;
+    SELECT r.id, r.state::text, r.kind, r.attempt, r.delay FROM rescued AS r;
 END
 $$;
 
@@ -607,7 +714,8 @@ GRANT EXECUTE ON FUNCTION
     payments.job_complete(bigint, integer, uuid),
     payments.job_retry(bigint, integer, uuid, jsonb, float8),
     payments.job_discard(bigint, integer, uuid, jsonb),
-    payments.job_discard_failing_payment(bigint, integer, uuid, jsonb, text),
+    payments.job_kind_list(),
+    payments.queue_touch(),
     payments.job_complete_with_intent(bigint, integer, uuid, text, text),
     payments.job_schedule_due(integer),
     payments.job_rescue_orphaned(float8, integer, text),

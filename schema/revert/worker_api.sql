@@ -4,12 +4,21 @@
 
 BEGIN;
 
+-- Our queue's row goes with us; River's producers make theirs again on start.
+DELETE FROM metadata.river_queue WHERE name = (SELECT c.queue FROM payments.config AS c);
+DROP TRIGGER river_job_deleted_unfinished ON metadata.river_job;
+DROP TRIGGER river_job_given_up ON metadata.river_job;
+DROP FUNCTION payments.job_given_up();
+DROP TABLE payments.job_kind;
+DROP FUNCTION payments.create_payment_intent_given_up(bigint, jsonb, text);
+DROP FUNCTION payments.retry_delay_seconds(integer);
+DROP FUNCTION payments.job_kind_list();
+DROP FUNCTION payments.queue_touch();
 DROP FUNCTION payments.worker_settings();
 DROP FUNCTION payments.job_claim(integer, text);
 DROP FUNCTION payments.job_payment_get(bigint, integer, uuid);
 DROP FUNCTION payments.job_complete(bigint, integer, uuid);
 DROP FUNCTION payments.job_retry(bigint, integer, uuid, jsonb, float8);
-DROP FUNCTION payments.job_discard_failing_payment(bigint, integer, uuid, jsonb, text);
 DROP FUNCTION payments.job_discard(bigint, integer, uuid, jsonb);
 DROP FUNCTION payments.job_complete_with_intent(bigint, integer, uuid, text, text);
 DROP FUNCTION payments.job_schedule_due(integer);

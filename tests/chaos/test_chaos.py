@@ -20,6 +20,7 @@ import xmlrpc.client
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -127,6 +128,12 @@ class Orphan:
                 if row["attempt"] == self.attempt + 1
                 else observed_at
             )
+            earlier = [e for e in row["errors"] or [] if int(e.get("attempt", -1)) < self.attempt]
+            if rescued and earlier:
+                # Not the job's first error: the rescue waits River's backoff for its errors so
+                # far (16 s and up) on purpose, so only the kill -> rescue part is bounded.
+                (rescue,) = [e for e in own if e.get("error") == RESCUE_ERROR]
+                claimed = datetime.fromisoformat(rescue["at"]).timestamp()
             self.outcome, self.seconds = "reclaimed", claimed - self.killed_at
             return True
         if row["state"] in ("completed", "discarded"):

@@ -16,9 +16,10 @@ from psycopg_pool import ConnectionPool
 
 from stripe_standin.process import StandinProcess
 from tests import pg
+from worker import handlers
 from worker.config import Config
 from worker.executor import JobExecutor
-from worker.handlers import CreatePaymentIntent
+from worker.jobs import Kinds
 from worker.service import Worker
 from worker.store import Store
 from worker.stripe_gateway import StripeGateway, StripeSettings
@@ -69,8 +70,9 @@ def gateway(standin: StandinProcess) -> StripeGateway:
 
 @pytest.fixture
 def executor(store: Store, gateway: StripeGateway) -> JobExecutor:
-    handler = CreatePaymentIntent(store, gateway, "USD")
-    return JobExecutor(store, {handler.kind: handler})
+    kinds = Kinds()
+    handlers.register(kinds, store, gateway, "USD")
+    return JobExecutor(store, kinds)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,8 +30,10 @@ from tests.integration.rows import (
     job_row,
     payment_row,
 )
+from worker import handlers
 from worker.executor import JobExecutor
-from worker.handlers import CreatePaymentIntent, caller_reason
+from worker.handlers import caller_reason
+from worker.jobs import Done, Kinds
 from worker.models import Job
 from worker.store import Store
 from worker.stripe_gateway import StripeGateway, StripeSettings
@@ -430,15 +433,97 @@ def test_the_sdk_retries_a_momentary_fault_within_the_attempt(
     gateway = StripeGateway(
         StripeSettings(API_KEY, standin.url, connect_timeout=2, read_timeout=5, network_retries=2)
     )
-    handler = CreatePaymentIntent(store, gateway, "USD")
+    kinds = Kinds()
+    handlers.register(kinds, store, gateway, "USD")
     payment_id = insert_payment(conn, currency=CONFIGURED, description="Order 42")
     standin.admin.script([fault()])
     job = claim(store, "test-worker")
 
-    JobExecutor(store, {handler.kind: handler}).execute(job)
+    JobExecutor(store, kinds).execute(job)
 
     row = job_row(conn, job.id)
     assert (row["state"], row["attempt"], row["errors"]) == ("completed", 1, None)
     assert payment_row(conn, payment_id)["status"] == "pending"
     assert len(standin.admin.intents_with_metadata("payment_id", str(payment_id))) == 1
     assert standin.admin.stats()["requests"]["by_route"]["POST /v1/payment_intents"] == 2
+
+
+def test_a_job_of_an_unknown_kind_is_discarded_at_max_attempts_with_nothing_else_done(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    payment_id = insert_payment(conn, currency=CONFIGURED)
+    (payment_job,) = store.job_get_available(1, "test-worker")  # keeps it out of the way
+    conn.execute(
+        "INSERT INTO metadata.river_job (queue, kind, args, max_attempts)"
+        " VALUES (%s, 'send_invoice', %s, 2)",
+        (QUEUE, json.dumps({"payment_id": str(payment_id)})),
+    )
+    job = claim(store, "test-worker")
+    executor.execute(job)
+    assert job_row(conn, job.id)["state"] == "retryable"
+
+    job = make_due_and_claim(conn, store, job.id)
+    executor.execute(job)
+
+    row = job_row(conn, job.id)
+    assert (row["state"], row["attempt"]) == ("discarded", 2)
+    assert [e["error"] for e in row["errors"]] == [
+        "no handler registered for job kind 'send_invoice'"
+    ] * 2
+    # No effect is registered for the kind: a payment its args happen to name is untouched.
+    assert payment_row(conn, payment_id)["status"] == "pending_intent"
+    assert job_row(conn, payment_job.id)["state"] == "running"
+    assert standin.admin.stats()["requests"]["total"] == 0
+
+
+def test_an_unexpected_exception_at_max_attempts_still_fails_the_payment(
+    conn: psycopg.Connection, store: Store, standin: StandinProcess
+) -> None:
+    """Before the given-up effect was the database's, only a JobFailure naming its
+    payment failed it: a bug on the last attempt left the payment pending_intent."""
+    conn.execute("UPDATE payments.config SET max_attempts = 1")
+    payment_id = insert_payment(conn, currency=CONFIGURED)
+
+    def buggy(job: Job) -> Done:
+        raise KeyError("a bug in the handler")
+
+    kinds = Kinds()
+    kinds.register("create_payment_intent", buggy, given_up=handlers.PAYMENT_GIVEN_UP)
+    job = claim(store, "test-worker")
+
+    JobExecutor(store, kinds).execute(job)
+
+    row = job_row(conn, job.id)
+    assert row["state"] == "discarded"
+    (entry,) = row["errors"]
+    assert entry["error"] == "KeyError: 'a bug in the handler'"
+    assert "caller_message" not in entry
+    stored = payment_row(conn, payment_id)
+    assert (stored["status"], stored["error_message"]) == ("failed", caller_reason(payment_id))
+
+
+def test_the_backoff_counts_errors_not_attempts(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, standin: StandinProcess
+) -> None:
+    """River's policy: len(errors) + 1. A job on its 4th attempt with one error so far
+    (attempts that ended without an error, as River's snoozes once did) waits 2^4 s, not 4^4."""
+    payment_id = insert_payment(conn, currency=CONFIGURED)
+    conn.execute(
+        "UPDATE metadata.river_job SET attempt = 3,"
+        " errors = ARRAY[jsonb_build_object('at', now(), 'attempt', 1, 'error', 'x', 'trace', '')]"
+        " WHERE args->>'payment_id' = %s",
+        (str(payment_id),),
+    )
+    job = claim(store, "test-worker")
+    assert (job.attempt, job.error_count) == (4, 1)
+    standin.admin.script([api_error()])
+    before = db_now(conn)
+
+    executor.execute(job)
+
+    after = db_now(conn)
+    row = job_row(conn, job.id)
+    assert row["state"] == "retryable"
+    assert len(row["errors"]) == 2
+    assert before + timedelta(seconds=0.9 * 16) <= row["scheduled_at"]
+    assert row["scheduled_at"] <= after + timedelta(seconds=1.1 * 16)

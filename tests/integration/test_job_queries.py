@@ -28,6 +28,7 @@ from tests.integration.rows import (
     listen,
     set_queue,
 )
+from worker.handlers import caller_reason
 from worker.models import Job
 from worker.queries import QUERIES
 from worker.store import Store
@@ -140,6 +141,7 @@ def test_claim_marks_the_job_running_and_returns_it(conn: psycopg.Connection, st
         scheduled_at=row["scheduled_at"],
         created_at=row["created_at"],
         lease_token=job.lease_token,
+        error_count=0,
     )
     # Its lease names the claim's backend, this attempt and the token it returned.
     lease = conn.execute(
@@ -309,16 +311,28 @@ def test_discard_finalizes_the_job_and_fails_its_payment(
     payment_id = insert_payment(conn)
     job = claim(store)
     assert job.args == {"payment_id": str(payment_id)}
-    entry = error_entry(1, "declined")
+    entry = {**error_entry(1, "declined"), "caller_message": "Your card was declined."}
     before = db_now(conn)
 
-    assert store.job_discard(job, entry, [(payment_id, "Your card was declined.")]) is True
+    assert store.job_discard(job, entry) is True
 
     row = job_row(conn, job.id)
     assert row["state"] == "discarded"
     assert before <= row["finalized_at"] <= db_now(conn)
     assert row["errors"] == [entry]
+    # The kind's given-up effect, from the trigger: the last error's caller message.
     assert payment_state(conn, payment_id) == ("failed", "Your card was declined.")
+
+
+def test_discard_without_a_caller_message_gives_the_caller_reason(
+    conn: psycopg.Connection, store: Store
+) -> None:
+    payment_id = insert_payment(conn)
+    job = claim(store)
+
+    assert store.job_discard(job, error_entry(1, "Invalid API Key provided")) is True
+
+    assert payment_state(conn, payment_id) == ("failed", caller_reason(payment_id))
 
 
 def test_discard_and_payment_failure_are_one_transaction(
@@ -336,8 +350,9 @@ def test_discard_and_payment_failure_are_one_transaction(
         "CREATE TRIGGER refuse BEFORE UPDATE ON payments.transactions"
         " FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse()"
     )
+    declined = {**error_entry(), "caller_message": "declined"}
     with pytest.raises(psycopg.errors.RaiseException, match="payment update refused"):
-        store.job_discard(job, error_entry(), [(payment_id, "declined")])
+        store.job_discard(job, declined)
     conn.execute("DROP TRIGGER refuse ON payments.transactions")
 
     row = job_row(conn, job.id)
@@ -345,7 +360,7 @@ def test_discard_and_payment_failure_are_one_transaction(
     assert payment_state(conn, payment_id) == ("pending_intent", None)
     assert lease_holder(conn, job.id) is not None
     # Still the worker's to finish.
-    assert store.job_discard(job, error_entry(), [(payment_id, "declined")]) is True
+    assert store.job_discard(job, declined) is True
     assert payment_state(conn, payment_id) == ("failed", "declined")
 
 
@@ -357,12 +372,8 @@ def test_discard_and_payment_failure_are_one_transaction(
         (lambda s, j: s.job_retry(j, error_entry(), -1), "delay_seconds must be"),
         (lambda s, j: s.job_retry(j, ["not", "an", "object"], 1), "error must be a JSON object"),
         (lambda s, j: s.job_discard(j, "boom"), "error must be a JSON object"),
-        (
-            lambda s, j: s.job_discard(j, error_entry(), [(UUID(j.args["payment_id"]), "")]),
-            "message must be 1 to 5000 characters",
-        ),
     ],
-    ids=["nan", "infinite", "negative", "array", "string", "empty-message"],
+    ids=["nan", "infinite", "negative", "array", "string"],
 )
 def test_bad_outcome_input_is_refused_and_changes_nothing(
     conn: psycopg.Connection, store: Store, call: Any, message: str
@@ -412,6 +423,8 @@ def test_outcomes_change_only_a_running_job(
             (state, jobs[payment_id].id),
         )
     before = {payment_id: job_row(conn, job.id) for payment_id, job in jobs.items()}
+    # Discarded and cancelled ones failed their payments already (the trigger).
+    paid_before = {payment_id: payment_state(conn, payment_id) for payment_id in payments}
 
     for state, payment_id in zip(FINISHED_OR_WAITING, payments, strict=True):
         job = jobs[payment_id]
@@ -420,12 +433,72 @@ def test_outcomes_change_only_a_running_job(
         elif outcome == "retry":
             result = store.job_retry(job, error_entry(), delay_seconds=1)
         else:
-            result = store.job_discard(job, error_entry(), [(payment_id, "must not be stored")])
+            entry = {**error_entry(), "caller_message": "must not be stored"}
+            result = store.job_discard(job, entry)
         assert result is False, state
 
     for state, payment_id in zip(FINISHED_OR_WAITING, payments, strict=True):
         assert job_row(conn, jobs[payment_id].id) == before[payment_id], state
-        assert payment_state(conn, payment_id) == ("pending_intent", None), state
+        assert payment_state(conn, payment_id) == paid_before[payment_id], state
+
+
+# --- River's pause of our queue --------------------------------------------------------------
+
+
+def pause(conn: psycopg.Connection, name: str) -> None:
+    """River's QueuePause: a named queue, or '*' for every queue with a row."""
+    conn.execute(
+        "UPDATE metadata.river_queue SET paused_at = now(), updated_at = now()"
+        " WHERE (%s = '*' OR name = %s) AND paused_at IS NULL",
+        (name, name),
+    )
+
+
+def resume(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(
+        "UPDATE metadata.river_queue SET paused_at = NULL, updated_at = now()"
+        " WHERE %s = '*' OR name = %s",
+        (name, name),
+    )
+
+
+@pytest.mark.parametrize("name", [QUEUE, "*"])
+def test_a_paused_queue_is_not_claimed_from_until_resumed(
+    conn: psycopg.Connection, store: Store, name: str
+) -> None:
+    job_id = insert_job(conn)
+    pause(conn, name)
+
+    assert store.job_get_available(10, "w") == []
+    assert job_row(conn, job_id)["state"] == "available"
+
+    resume(conn, name)
+    (job,) = store.job_get_available(10, "w")
+    assert job.id == job_id
+
+
+def test_a_pause_of_another_queue_or_no_queue_row_does_not_stop_our_claims(
+    conn: psycopg.Connection, store: Store
+) -> None:
+    conn.execute("INSERT INTO metadata.river_queue (name, updated_at) VALUES ('default', now())")
+    pause(conn, "default")
+    first = insert_job(conn)
+    assert [job.id for job in store.job_get_available(10, "w")] == [first]
+
+    # River's queue cleaner may delete our row (not updated for 24 h): no row, no pause.
+    conn.execute("DELETE FROM metadata.river_queue WHERE name = %s", (QUEUE,))
+    second = insert_job(conn)
+    assert [job.id for job in store.job_get_available(10, "w")] == [second]
+
+
+def test_the_claim_returns_the_jobs_error_count(conn: psycopg.Connection, store: Store) -> None:
+    job_id = insert_job(conn, attempt=2)
+    conn.execute(
+        "UPDATE metadata.river_job SET errors = ARRAY[%s::jsonb, %s::jsonb] WHERE id = %s",
+        (json.dumps(error_entry(1)), json.dumps(error_entry(2)), job_id),
+    )
+    (job,) = store.job_get_available(10, "w")
+    assert (job.attempt, job.error_count) == (3, 2)
 
 
 # --- job_schedule_due -------------------------------------------------------------------------

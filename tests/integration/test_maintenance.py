@@ -44,8 +44,17 @@ from tests.integration.rows import (
     set_queue,
 )
 from tests.integration.waiting import wait_until
+from worker.backoff import MAX_DELAY_SECONDS
 from worker.handlers import caller_reason
-from worker.maintenance import RESCUE_ERROR, Cleaner, LeaderLoop, Leadership, Rescuer, Scheduler
+from worker.maintenance import (
+    RESCUE_ERROR,
+    Cleaner,
+    LeaderLoop,
+    Leadership,
+    QueueKeeper,
+    Rescuer,
+    Scheduler,
+)
 from worker.store import Store
 
 OTHER_QUEUE = "other_queue"
@@ -157,17 +166,17 @@ def try_lead(leadership: Leadership) -> bool:
 
 def make_rescuer(
     store: Store, stop: threading.Event, stuck_after: float = 3600.0, queue: str = QUEUE
-) -> tuple[Rescuer, threading.Event]:
-    wake = threading.Event()
-    rescuer = Rescuer(
-        store,
-        Leadership(store, stop=stop),
-        queue=queue,
-        wake=wake,
-        stop=stop,
-        stuck_after=stuck_after,
+) -> Rescuer:
+    return Rescuer(
+        store, Leadership(store, stop=stop), queue=queue, stop=stop, stuck_after=stuck_after
     )
-    return rescuer, wake
+
+
+def assert_retry_after(row: dict[str, Any], base: float, before: datetime, after: datetime) -> None:
+    """Retryable after River's backoff base (±10 %), counted from the rescue."""
+    assert row["state"] == "retryable"
+    low, high = before + timedelta(seconds=0.9 * base), after + timedelta(seconds=1.1 * base)
+    assert low <= row["scheduled_at"] <= high
 
 
 # --- Leadership -----------------------------------------------------------------------------
@@ -316,11 +325,11 @@ LOOPS: dict[str, LoopCase] = {
     ),
     "rescuer": (
         lambda store, leadership, stop: Rescuer(
-            store, leadership, queue=QUEUE, wake=threading.Event(), stop=stop, interval=0.01
+            store, leadership, queue=QUEUE, stop=stop, interval=0.01
         ),
         # Running, and nobody holds its lease: an orphan.
         lambda conn: insert_job(conn, state="running", attempt=1),
-        lambda conn, job_id: job_state(conn, job_id) == "available",
+        lambda conn, job_id: job_state(conn, job_id) == "retryable",
     ),
     "cleaner": (
         lambda store, leadership, stop: Cleaner(
@@ -423,7 +432,7 @@ def kill_lease_by_terminating(conn: psycopg.Connection, store: Store, pid: int) 
     [kill_lease_by_closing, kill_lease_by_terminating],
     ids=["store-closed", "backend-terminated"],
 )
-def test_a_job_whose_lease_connection_died_is_made_available_at_once(
+def test_a_job_whose_lease_connection_died_is_retryable_after_rivers_first_backoff(
     conn: psycopg.Connection,
     database_url: str,
     make_store: MakeStore,
@@ -436,7 +445,7 @@ def test_a_job_whose_lease_connection_died_is_made_available_at_once(
     assert job.lease_token is not None
     pid = lease_holder(conn, job.id)
     assert pid is not None
-    rescuer, wake = make_rescuer(make_store(), stop)
+    rescuer = make_rescuer(make_store(), stop)
     # Alive, it is left alone.
     assert rescuer.run_once() == 0
 
@@ -448,11 +457,11 @@ def test_a_job_whose_lease_connection_died_is_made_available_at_once(
         after = db_now(conn)
         received = received_before_sentinel(listener, conn)
 
-    assert received == [json.dumps({"queue": QUEUE})]
-    assert wake.is_set()
+    # Not available yet, so nobody is woken: the scheduler notifies once it is due.
+    assert received == []
     row = job_row(conn, job.id)
-    assert (row["state"], row["attempt"], row["finalized_at"]) == ("available", 1, None)
-    assert before <= row["scheduled_at"] <= after
+    assert (row["attempt"], row["finalized_at"]) == (1, None)
+    assert_retry_after(row, 1, before, after)
     (entry,) = row["errors"]
     assert set(entry) == ERROR_KEYS
     assert entry["attempt"] == 1
@@ -461,8 +470,10 @@ def test_a_job_whose_lease_connection_died_is_made_available_at_once(
     assert entry["trace"] == ""
     assert before - timedelta(seconds=1) <= datetime.fromisoformat(entry["at"]) <= after
     assert payment_row(conn, payment_id)["status"] == "pending_intent"
-    # Once is enough; then the job is a worker's again, on its second attempt.
+    # Once is enough; then, due, the job is a worker's again, on its second attempt.
     assert rescuer.run_once() == 0
+    conn.execute("UPDATE metadata.river_job SET scheduled_at = now() WHERE id = %s", (job.id,))
+    assert make_store().job_schedule_due(10) == 1
     taker = make_store()
     again = claim(taker, "live-worker")
     assert again.lease_token is not None
@@ -480,12 +491,11 @@ def test_a_job_leased_by_a_live_worker_is_left_alone(
     assert len(jobs) == 2
     assert all(job.lease_token is not None for job in jobs)
     before = {job.id: job_row_or_none(conn, job.id) for job in jobs}
-    rescuer, wake = make_rescuer(make_store(), stop)
+    rescuer = make_rescuer(make_store(), stop)
 
     assert rescuer.run_once() == 0
 
     assert {job.id: job_row_or_none(conn, job.id) for job in jobs} == before
-    assert not wake.is_set()
     # Its worker still gives its answer, as usual.
     assert all(live.job_complete(job) for job in jobs)
 
@@ -506,9 +516,11 @@ def test_a_leased_job_running_longer_than_stuck_after_is_rescued_anyway(
         (slow.id,),
     )
     slow_before = job_row_or_none(conn, slow.id)
-    rescuer, wake = make_rescuer(make_store(), stop, stuck_after=60)
+    rescuer = make_rescuer(make_store(), stop, stuck_after=60)
 
+    before = db_now(conn)
     assert rescuer.run_once() == 1
+    after = db_now(conn)
 
     # One live session held both: only the time bound told them apart. The stuck job's
     # lease went with its rescue; the slow one's is still held.
@@ -516,13 +528,13 @@ def test_a_leased_job_running_longer_than_stuck_after_is_rescued_anyway(
     assert worker_pid is not None and backend_alive(conn, worker_pid)
     assert lease_holder(conn, stuck.id) is None
     row = job_row(conn, stuck.id)
-    assert (row["state"], row["attempt"]) == ("available", 1)
+    assert row["attempt"] == 1
+    assert_retry_after(row, 1, before, after)
     assert [entry["error"] for entry in row["errors"]] == [RESCUE_ERROR]
     assert job_row_or_none(conn, slow.id) == slow_before
-    assert wake.is_set()
     # The stuck worker's late answer no longer counts: the job is not running any more.
     assert stuck_worker.job_complete(stuck) is False
-    assert job_state(conn, stuck.id) == "available"
+    assert job_state(conn, stuck.id) == "retryable"
 
 
 def test_an_orphan_at_max_attempts_is_discarded_and_fails_its_pending_payment(
@@ -557,7 +569,7 @@ def test_an_orphan_at_max_attempts_is_discarded_and_fails_its_pending_payment(
     pid = lease_holder(conn, jobs[waiting].id)
     assert pid is not None
     kill_lease_by_terminating(conn, dead, pid)
-    rescuer, _ = make_rescuer(make_store(), stop)
+    rescuer = make_rescuer(make_store(), stop)
 
     before = db_now(conn)
     assert rescuer.run_once() == 4
@@ -569,10 +581,12 @@ def test_an_orphan_at_max_attempts_is_discarded_and_fails_its_pending_payment(
         assert before <= row["finalized_at"] <= after
         assert [entry["error"] for entry in row["errors"]] == [RESCUE_ERROR]
     young_row = job_row(conn, jobs[young].id)
-    assert (young_row["state"], young_row["finalized_at"]) == ("available", None)
+    assert young_row["finalized_at"] is None
+    assert_retry_after(young_row, 1, before, after)
     failed = payment_row(conn, waiting)
     assert failed["status"] == "failed"
-    # The caller's words, as the executor stores them; the detail stays on the job.
+    # The kind's given-up effect (the trigger), as for any discard: the caller's words;
+    # the detail stays on the job.
     assert failed["error_message"] == caller_reason(waiting)
     assert {p: payment_row(conn, p) for p in untouched} == untouched
 
@@ -581,11 +595,10 @@ def test_an_orphan_discarded_alone_wakes_nobody(
     conn: psycopg.Connection, database_url: str, make_store: MakeStore, stop: threading.Event
 ) -> None:
     job_id = insert_job(conn, state="running", attempt=5, max_attempts=5)
-    rescuer, wake = make_rescuer(make_store(), stop)
+    rescuer = make_rescuer(make_store(), stop)
     with listen(database_url) as listener:
         assert rescuer.run_once() == 1
         assert received_before_sentinel(listener, conn) == []
-    assert not wake.is_set()
     assert job_state(conn, job_id) == "discarded"
 
 
@@ -597,15 +610,14 @@ def test_the_rescuer_never_touches_another_queue(
     last = insert_job(conn, queue=OTHER_QUEUE, state="running", attempt=5, max_attempts=5)
     others = [orphan, stuck, last]
     before = {job_id: job_row_or_none(conn, job_id) for job_id in others}
-    rescuer, wake = make_rescuer(make_store(), stop, stuck_after=60)
+    rescuer = make_rescuer(make_store(), stop, stuck_after=60)
 
     assert rescuer.run_once() == 0
 
     assert {job_id: job_row_or_none(conn, job_id) for job_id in others} == before
-    assert not wake.is_set()
     # The same rows are orphans to that queue's own rescuer: the queue alone kept them out.
     set_queue(conn, OTHER_QUEUE)
-    other_rescuer, _ = make_rescuer(make_store(), stop, stuck_after=60, queue=OTHER_QUEUE)
+    other_rescuer = make_rescuer(make_store(), stop, stuck_after=60, queue=OTHER_QUEUE)
     assert other_rescuer.run_once() == 3
 
 
@@ -619,7 +631,7 @@ def test_jobs_not_running_are_never_rescued(
     ]
     jobs.append(insert_job(conn, state="pending"))
     before = {job_id: job_row_or_none(conn, job_id) for job_id in jobs}
-    rescuer, _ = make_rescuer(make_store(), stop, stuck_after=60)
+    rescuer = make_rescuer(make_store(), stop, stuck_after=60)
 
     assert rescuer.run_once() == 0
 
@@ -644,7 +656,7 @@ def test_a_job_whose_outcome_is_being_recorded_is_not_rescued(
     assert job.lease_token is not None
     pid = lease_holder(conn, job.id)
     assert pid is not None
-    rescuer, _ = make_rescuer(make_store(), stop)
+    rescuer = make_rescuer(make_store(), stop)
     with psycopg.connect(database_url) as completing:
         completing.execute(
             "UPDATE metadata.river_job SET state = 'completed', finalized_at = now()"
@@ -668,7 +680,7 @@ def test_a_job_whose_outcome_is_being_recorded_is_not_rescued(
         assert (row["state"], row["errors"]) == ("completed", None)
     else:
         assert rescuer.run_once() == 1
-        assert job_state(conn, job.id) == "available"
+        assert job_state(conn, job.id) == "retryable"
 
 
 def test_a_killed_worker_process_job_is_found_by_the_very_next_rescue(
@@ -710,7 +722,7 @@ def test_a_killed_worker_process_job_is_found_by_the_very_next_rescue(
         pid = lease_holder(conn, job_id)
         assert pid is not None
         assert application_name(conn, pid) == "payment-worker leases"
-        rescuer, _ = make_rescuer(make_store(), threading.Event(), stuck_after=3600)
+        rescuer = make_rescuer(make_store(), threading.Event(), stuck_after=3600)
         assert rescuer.run_once() == 0
 
         process.kill()
@@ -737,7 +749,13 @@ def test_a_killed_worker_process_job_is_found_by_the_very_next_rescue(
     assert rescued == 1, log.read_text()
     assert elapsed < 10  # no keepalive, no stuck_after: the lease died with its connection
     row = job_row(conn, job_id)
-    assert (row["state"], row["attempted_by"]) == ("available", ["doomed-worker"])
+    assert (row["state"], row["attempted_by"]) == ("retryable", ["doomed-worker"])
+    # River's first backoff: due again about 1 s after the rescue (the scheduler, every
+    # 0.5 s, then makes it available), so it still runs again well within 10 s.
+    assert conn.execute(
+        "SELECT scheduled_at - now() <= interval '1.1 s' FROM metadata.river_job WHERE id = %s",
+        (job_id,),
+    ).fetchone() == (True,)
     # The abandoned Stripe call ends inside this test, not in the next one's stand-in.
     wait_until(
         lambda: standin.admin.stats()["payment_intents_created"] == 1,
@@ -873,3 +891,95 @@ def test_the_cleaner_works_as_a_login_granted_only_payment_worker(
             store.close()
 
     assert remaining(conn, [*old, young]) == [young]
+
+
+# --- Rescue backoff, River's way ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("errors", "base"), [(0, 1), (1, 16), (3, 256)])
+def test_a_rescued_job_waits_rivers_backoff_for_its_errors_so_far(
+    conn: psycopg.Connection, make_store: MakeStore, stop: threading.Event, errors: int, base: int
+) -> None:
+    """len(errors) + 1, counted before the rescue's own error: a job that keeps killing its
+    worker waits 1, 16, 81, 256 s between attempts instead of burning them all at once."""
+    job_id = insert_job(conn, state="running", attempt=errors + 1, max_attempts=25)
+    conn.execute(
+        "UPDATE metadata.river_job SET errors = ARRAY(SELECT jsonb_build_object("
+        " 'at', now(), 'attempt', n, 'error', 'earlier', 'trace', '')"
+        " FROM generate_series(1, %s) AS n) WHERE id = %s",
+        (errors, job_id),
+    )
+    rescuer = make_rescuer(make_store(), stop)
+
+    before = db_now(conn)
+    (rescued,) = make_store().job_rescue_orphaned(3600, 10, RESCUE_ERROR)
+    after = db_now(conn)
+
+    assert rescued.state == "retryable"
+    assert rescued.retry_in_seconds is not None
+    assert 0.9 * base <= rescued.retry_in_seconds <= 1.1 * base
+    row = job_row(conn, job_id)
+    assert_retry_after(row, base, before, after)
+    assert len(row["errors"]) == errors + 1
+    assert rescuer.run_once() == 0
+
+
+def test_the_databases_backoff_is_rivers_as_the_workers_is(conn: psycopg.Connection) -> None:
+    """payments.retry_delay_seconds (the rescuer's) and worker/backoff.py agree."""
+    for n, base in [(1, 1), (2, 16), (5, 625), (25, 25**4)]:
+        (low, high) = conn.execute(
+            "SELECT min(d), max(d) FROM (SELECT payments.retry_delay_seconds(%s) AS d"
+            " FROM generate_series(1, 200)) AS s",
+            (n,),
+        ).fetchone() or (None, None)
+        assert 0.9 * base <= low < high <= 1.1 * base, n
+    assert conn.execute("SELECT payments.retry_delay_seconds(310)").fetchone() == (
+        pytest.approx(MAX_DELAY_SECONDS),
+    )
+
+
+# --- Our queue's row in metadata.river_queue ----------------------------------------------------
+
+
+def queue_row(conn: psycopg.Connection) -> tuple[Any, ...] | None:
+    return conn.execute(
+        "SELECT updated_at, paused_at FROM metadata.river_queue WHERE name = %s", (QUEUE,)
+    ).fetchone()
+
+
+def test_the_queue_keeper_keeps_our_queue_row_fresh_and_its_pause(
+    conn: psycopg.Connection, make_store: MakeStore, stop: threading.Event
+) -> None:
+    assert queue_row(conn) is not None, "the deploy made our queue's row"
+    conn.execute(
+        "UPDATE metadata.river_queue SET updated_at = now() - interval '23 hours',"
+        " paused_at = now() - interval '1 hour' WHERE name = %s",
+        (QUEUE,),
+    )
+    paused_at = (queue_row(conn) or (None, None))[1]
+    store = make_store()
+    keeper = QueueKeeper(store, Leadership(store, stop=stop), queue=QUEUE, stop=stop)
+
+    before = db_now(conn)
+    keeper.run_once()
+
+    updated_at, still_paused = queue_row(conn) or (None, None)
+    assert updated_at is not None and updated_at >= before - timedelta(seconds=1)
+    assert still_paused == paused_at, "a pause set in River UI must survive the touch"
+    assert keeper.paused is True
+    conn.execute("UPDATE metadata.river_queue SET paused_at = NULL WHERE name = %s", (QUEUE,))
+    keeper.run_once()
+    assert keeper.paused is False
+
+
+def test_the_queue_keeper_makes_the_row_again_after_rivers_queue_cleaner(
+    conn: psycopg.Connection, make_store: MakeStore, stop: threading.Event
+) -> None:
+    # River's QueueCleaner: rows not updated within its retention (24 h) are deleted.
+    conn.execute("DELETE FROM metadata.river_queue WHERE name = %s", (QUEUE,))
+    store = make_store()
+
+    QueueKeeper(store, Leadership(store, stop=stop), queue=QUEUE, stop=stop).run_once()
+
+    row = queue_row(conn)
+    assert row is not None and row[1] is None

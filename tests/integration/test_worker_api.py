@@ -91,8 +91,8 @@ OUTCOMES: dict[str, Callable[[Store, Job], Any]] = {
     "complete": lambda store, job: store.job_complete(job),
     "retry": lambda store, job: store.job_retry(job, ERROR, 0),
     "discard": lambda store, job: store.job_discard(job, ERROR),
-    "discard-failing-payment": lambda store, job: store.job_discard(
-        job, ERROR, [(UUID(job.args["payment_id"]), "failed by someone else")]
+    "discard-with-caller-message": lambda store, job: store.job_discard(
+        job, {**ERROR, "caller_message": "failed by someone else"}
     ),
     "complete-with-intent": lambda store, job: store.job_complete_with_intent(
         job, PaymentIntent(UUID(job.args["payment_id"]), "pi_forged", "pi_forged_secret_x")
@@ -197,7 +197,7 @@ def test_a_held_jobs_answered_payment_keeps_its_secret_and_status(
     assert store.job_complete_with_intent(
         jobs[answered], PaymentIntent(answered, "pi_swap", "pi_swap_secret_m")
     ) == (True, None)
-    assert store.job_discard(jobs[failing], ERROR, [(failing, "failed after all")]) is True
+    assert store.job_discard(jobs[failing], {**ERROR, "caller_message": "failed after all"})
 
     assert {p: payment_row(conn, p) for p in (answered, failing)} == before
     assert job_row(conn, jobs[answered].id)["state"] == "completed"
@@ -355,7 +355,10 @@ def test_a_stranger_holding_the_old_lock_keys_stops_no_maintenance(
         assert leadership.run_once() is True
         wake = threading.Event()
         assert Scheduler(store, leadership, queue=QUEUE, wake=wake, stop=stop).run_once() == 1
-        assert Rescuer(store, leadership, queue=QUEUE, wake=wake, stop=stop).run_once() == 1
+        assert Rescuer(store, leadership, queue=QUEUE, stop=stop).run_once() == 1
+        # Rescued as River does, retryable after its backoff: due now, and scheduled.
+        conn.execute("UPDATE metadata.river_job SET scheduled_at = now() WHERE id = %s", (orphan,))
+        assert Scheduler(store, leadership, queue=QUEUE, wake=wake, stop=stop).run_once() == 1
         assert Cleaner(store, leadership, queue=QUEUE, stop=stop).run_once() == 0  # 24 h
         assert (
             Cleaner(store, leadership, queue=QUEUE, stop=stop, completed_retention=3600).run_once()

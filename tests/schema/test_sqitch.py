@@ -230,6 +230,108 @@ def test_river_migration_007_applies_to_the_deployed_schema(
     sqitch_ok("verify", db)
 
 
+def metadata_tables(conn: psycopg.Connection) -> set[str]:
+    return {
+        row[0]
+        for row in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'metadata'::regnamespace"
+            " AND relkind IN ('r', 'p')"
+        )
+    }
+
+
+def test_revert_after_river_migration_007_keeps_rivers_tables_then_deploys_again(
+    empty_database: MakeDatabase,
+) -> None:
+    """River's migrator ran after us: the tables and their history are River's now. Revert
+    used to fail at river_client_queue (gone with 007) and leave the database half-reverted,
+    and a working revert would have dropped River's tables, the marker still saying ours."""
+    db = empty_database()
+    sqitch_ok("deploy", db)
+    with connect(db) as conn:
+        with conn.transaction():
+            for statement in RIVER_MIGRATION_007:
+                conn.execute(statement)
+        conn.execute("INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')")
+        river_job = conn.execute(
+            "INSERT INTO metadata.river_job (kind, args) VALUES ('send_email', '{}')"
+            " RETURNING id, max_attempts"
+        ).fetchone()
+        assert river_job is not None and river_job[1] == 25
+        conn.execute("INSERT INTO metadata.river_queue (name) VALUES ('default')")
+        tables = metadata_tables(conn)
+        assert "river_notification" in tables and "river_client" not in tables
+
+    result = pg.sqitch("revert", db, "-y", check=False)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    with connect(db) as conn:
+        assert schemas(conn) == {"metadata"}
+        assert metadata_tables(conn) == tables
+        assert conn.execute(
+            "SELECT line, max(version) FROM metadata.river_migration GROUP BY line"
+        ).fetchall() == [("main", 7)]
+        # River's job and queue stay; ours went with our changes (its row in river_queue too).
+        assert conn.execute("SELECT id, kind FROM metadata.river_job ORDER BY id").fetchall() == [
+            (river_job[0], "send_email")
+        ]
+        assert conn.execute("SELECT name FROM metadata.river_queue").fetchall() == [("default",)]
+        assert (
+            conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'metadata.river_job'::regclass"
+                " AND NOT tgisinternal"
+            ).fetchall()
+            == []
+        )
+
+    sqitch_ok("deploy", db)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert schemas(conn) == {"payments", "metadata"}
+        assert metadata_tables(conn) == tables
+        conn.execute("INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')")
+        assert conn.execute(
+            "SELECT kind, queue, max_attempts FROM metadata.river_job WHERE kind <> 'send_email'"
+        ).fetchall() == [("create_payment_intent", "payments", 5)]
+        assert conn.execute("SELECT name FROM metadata.river_queue ORDER BY name").fetchall() == [
+            ("default",),
+            ("payments",),
+        ]
+
+    # And again, now that River's tables were there before this deploy too.
+    sqitch_ok("revert", db, "-y")
+    with connect(db) as conn:
+        assert metadata_tables(conn) == tables
+
+
+@pytest.mark.parametrize(
+    "migration",
+    [
+        "INSERT INTO metadata.river_migration (line, version) VALUES ('workflow', 1)",
+        "INSERT INTO metadata.river_migration (line, version) VALUES ('main', 7)",
+    ],
+    ids=["another-line", "main-above-6"],
+)
+def test_revert_keeps_tables_river_has_migrated_whatever_the_marker_says(
+    empty_database: MakeDatabase, migration: str
+) -> None:
+    db = empty_database()
+    sqitch_ok("deploy", db)
+    with connect(db) as conn:
+        conn.execute(migration)
+        tables = metadata_tables(conn)
+        marker = conn.execute(
+            "SELECT obj_description('metadata.river_job'::regclass, 'pg_class')"
+        ).fetchone()
+        assert marker == ("created by payment-worker (sqitch change river_schema)",)
+
+    sqitch_ok("revert", db, "-y")
+
+    with connect(db) as conn:
+        assert schemas(conn) == {"metadata"}
+        assert metadata_tables(conn) == tables
+
+
 def privileges_and_policies(conn: psycopg.Connection) -> dict[str, list[tuple[object, ...]]]:
     """What worker_api changes and its revert must restore: grants on our schemas, tables,
     columns and functions, the row-level security policies, and every function's text."""

@@ -69,9 +69,9 @@ def test_currency_mismatch_fails_the_payment_uncharged() -> None:
     assert err.value.payment_id == p.id
     assert "EUR" in err.value.message
     assert "not charged" in err.value.message
-    # Which currencies this worker is set up for is the operator's business.
-    assert err.value.caller_message(p.id) == caller_reason(p.id)
-    assert "EUR" not in err.value.caller_message(p.id)
+    # Which currencies this worker is set up for is the operator's business: no
+    # caller message, so the given-up effect writes caller_reason's words.
+    assert err.value.caller_message is None
 
 
 def test_unreachable_stripe_is_transient() -> None:
@@ -86,15 +86,15 @@ def test_unreachable_stripe_is_transient() -> None:
 def test_the_caller_reason_names_the_payment_and_nothing_else() -> None:
     p = payment()
     failure = JobFailure("Invalid API Key provided: sk_test_****9999", permanent=True)
-    assert failure.caller_message(p.id) == (
+    assert failure.caller_message is None
+    assert caller_reason(p.id) == (
         f"the payment could not be created (payment {p.id}); the operator has the details"
     )
 
 
-def test_a_public_message_is_scrubbed_like_a_log_line() -> None:
-    failure = JobFailure(
-        "detail",
-        permanent=True,
-        public_message="declined for sk_live_abc123 and pi_3Nabc_secret_XYZ",
-    )
-    assert failure.caller_message(uuid4()) == "declined for [redacted] and [redacted]"
+def test_a_public_message_is_what_the_core_may_show_the_caller() -> None:
+    """The executor scrubs it before it is stored (test_executor.py,
+    test_a_card_error_message_is_scrubbed_before_the_caller_sees_it)."""
+    failure = JobFailure("detail", permanent=True, public_message="Your card was declined.")
+    assert failure.caller_message == "Your card was declined."
+    assert failure.message == "detail"

@@ -7,7 +7,9 @@
 -- name: job_get_available
 -- Runs on the dedicated lease connection: each claimed job's lease row names
 -- this session, and dies with it.
-SELECT id, kind, args, attempt, max_attempts, priority, scheduled_at, created_at, lease_token
+-- Nothing while River UI or a River client has paused our queue.
+SELECT id, kind, args, attempt, max_attempts, priority, scheduled_at, created_at, lease_token,
+       error_count
 FROM payments.job_claim(%(max_to_lock)s, %(attempted_by)s)
 
 -- name: job_set_completed_if_running
@@ -17,18 +19,22 @@ SELECT payments.job_complete(%(id)s, %(attempt)s, %(lease)s) AS ours
 SELECT payments.job_retry(%(id)s, %(attempt)s, %(lease)s, %(error)s::jsonb, %(delay_seconds)s) AS ours
 
 -- name: job_set_discarded_if_running
+-- The kind's given-up effect (a failed payment) runs in the same transaction,
+-- from the trigger river_job_given_up.
 SELECT payments.job_discard(%(id)s, %(attempt)s, %(lease)s, %(error)s::jsonb) AS ours
-
--- name: job_set_discarded_failing_payment_if_running
-SELECT payments.job_discard_failing_payment(
-    %(id)s, %(attempt)s, %(lease)s, %(error)s::jsonb, %(error_message)s) AS ours
 
 -- name: job_schedule_due
 SELECT payments.job_schedule_due(%(max)s) AS scheduled
 
 -- name: job_rescue_orphaned
-SELECT id, state, kind, attempt
+SELECT id, state, kind, attempt, retry_in_seconds
 FROM payments.job_rescue_orphaned(%(stuck_after_seconds)s, %(max)s, %(error)s)
+
+-- name: job_kind_list
+SELECT kind, given_up FROM payments.job_kind_list()
+
+-- name: queue_touch
+SELECT payments.queue_touch() AS paused
 
 -- name: job_clean_finalized
 SELECT payments.job_clean_finalized(%(completed_seconds)s, %(discarded_seconds)s, %(batch)s)
