@@ -445,11 +445,12 @@ def _search_limit(raw: str | None) -> int:
 
 
 def outcome_of(reply: Reply) -> str:
-    """One word for what a reply was, for the request log."""
+    """One word for what a reply was, for the request log: ``created`` and ``lost`` made an
+    intent (answered, even with a 500, or not), ``replay`` answered a saved result."""
     if isinstance(reply, Hangup):
         return "lost" if "created" in reply.note or "lose_response" in reply.note else "dropped"
     if reply.headers.get("Idempotent-Replayed") == "true":
         return "replay"
-    if reply.status == 200:
-        return "created" if reply.note.startswith("created") else "ok"
-    return "error"
+    if reply.note.startswith("created"):
+        return "created"
+    return "ok" if reply.status == 200 else "error"

@@ -333,7 +333,7 @@ def test_a_saved_500_is_replayed_to_the_sdk_with_its_header_while_the_intent_exi
     assert [k["status"] for k in admin.idempotency_keys() if k["key"] == key] == [500]
     outcomes = [(r["idempotency_key"], r["outcome"], r["status"]) for r in admin.requests("42")]
     assert outcomes == [
-        (key, "error", 500),
+        (key, "created", 500),
         (key, "replay", 500),
         (key, "replay", 500),
         (None, "ok", 200),
