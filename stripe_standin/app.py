@@ -215,7 +215,7 @@ class StandinApp:
 
         if fault is Fault.LOSE_RESPONSE and isinstance(reply, Response):
             self.stats.fault(Fault.LOSE_RESPONSE.value)
-            return Hangup(f"fault=lose_response (would have answered {reply.status})")
+            return Hangup(f"fault=lose_response (would have answered {reply.status}: {reply.note})")
         return reply
 
     # --- endpoints ---------------------------------------------------------------------------
@@ -446,9 +446,12 @@ def _search_limit(raw: str | None) -> int:
 
 def outcome_of(reply: Reply) -> str:
     """One word for what a reply was, for the request log: ``created`` and ``lost`` made an
-    intent (answered, even with a 500, or not), ``replay`` answered a saved result."""
+    intent (answered, even with a 500, or not), ``replay`` answered a saved result,
+    ``unanswered`` lost an answer that made nothing (a replay, an error)."""
     if isinstance(reply, Hangup):
-        return "lost" if "created" in reply.note or "lose_response" in reply.note else "dropped"
+        if "created pi_" in reply.note:
+            return "lost"
+        return "unanswered" if "lose_response" in reply.note else "dropped"
     if reply.headers.get("Idempotent-Replayed") == "true":
         return "replay"
     if reply.note.startswith("created"):

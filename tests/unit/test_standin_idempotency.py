@@ -240,7 +240,10 @@ def test_request_log_has_each_create_and_search_with_its_interval_and_outcome() 
     create(app)
     create(app)
     search(app, "metadata['payment_id']:'42'")
-    app.faults.update({"drop": 1.0})
+    app.faults.update({"lose_response": 1.0})
+    create(app)  # a replay whose answer is lost: it made nothing
+    create(app, key="idem-3")  # made the intent, answer lost
+    app.faults.update({"lose_response": 0.0, "drop": 1.0})
     create(app, key="idem-2")
     status, log = admin_call(app, "GET", "requests?payment_id=42")
     assert status == 200
@@ -249,6 +252,8 @@ def test_request_log_has_each_create_and_search_with_its_interval_and_outcome() 
         ("POST /v1/payment_intents", "idem-1", "created", 200),
         ("POST /v1/payment_intents", "idem-1", "replay", 200),
         ("GET /v1/payment_intents/search", None, "ok", 200),
+        ("POST /v1/payment_intents", "idem-1", "unanswered", None),
+        ("POST /v1/payment_intents", "idem-3", "lost", None),
         ("POST /v1/payment_intents", "idem-2", "dropped", None),
     ]
     assert all(e["started"] <= e["ended"] for e in log["data"])
