@@ -4,9 +4,20 @@
 GET      /_standin/health             ``{"ok": true}``
 GET      /_standin/stats              request, response, fault and idempotency counters
 GET      /_standin/payment_intents    every stored intent with the idempotency key that made it
+GET      /_standin/requests           every create and search: ``{route, idempotency_key,
+                                      payment_id, started, ended, outcome, status}`` in order
+                                      of start (``?payment_id=`` for one payment's)
+GET      /_standin/idempotency        every key held: ``{key, age_seconds, status}`` (status
+                                      null while in flight)
+POST     /_standin/idempotency/expire ``{"key": k}`` or ``{"older_than_seconds": s}``: forget
+                                      saved results as Stripe may after 24 h; answers
+                                      ``{"expired": n}``
 GET      /_standin/config             fault settings in force and the seed
 POST     /_standin/config             change some of latency_ms, drop, fail_5xx, fail_429,
-                                      lose_response, seed; answers the new settings
+                                      lose_response, create_then_5xx, save_5xx (true: a 5xx
+                                      of a create that began executing is saved and replayed,
+                                      as Stripe does), search_lag_ms, seed; answers the new
+                                      settings
 GET      /_standin/script             ``{"pending": n}``
 POST     /_standin/script             ``{"responses": [...], "append"?: bool}``: answers for the
                                       next create requests, in order
@@ -17,7 +28,9 @@ POST     /_standin/reset              forget everything, restore start-up settin
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
+from urllib.parse import parse_qsl
 
 from stripe_standin import errors
 from stripe_standin.app import Request, Response, StandinApp, json_body
@@ -39,6 +52,9 @@ class Admin:
             ("GET", "health"): self._health,
             ("GET", "stats"): self._stats,
             ("GET", "payment_intents"): self._payment_intents,
+            ("GET", "requests"): self._requests,
+            ("GET", "idempotency"): self._idempotency,
+            ("POST", "idempotency/expire"): self._expire,
             ("GET", "config"): self._config,
             ("POST", "config"): self._set_config,
             ("GET", "script"): self._script_status,
@@ -78,6 +94,31 @@ class Admin:
             for entry in self.app.intents.all()
         ]
         return {"object": "list", "count": len(data), "data": data}
+
+    def _requests(self, request: Request) -> dict[str, Any]:
+        payment_id = dict(parse_qsl(request.query)).get("payment_id")
+        data = self.app.requests.entries(payment_id)
+        return {"object": "list", "count": len(data), "data": data}
+
+    def _idempotency(self, _request: Request) -> dict[str, Any]:
+        data = [asdict(info) for info in self.app.idempotency.held()]
+        return {"object": "list", "count": len(data), "data": data}
+
+    def _expire(self, request: Request) -> dict[str, Any]:
+        payload = _json_object(request)
+        if set(payload) not in ({"key"}, {"older_than_seconds"}):
+            raise ConfigError('expected {"key": "..."} or {"older_than_seconds": n}')
+        key, age = payload.get("key"), payload.get("older_than_seconds")
+        if "key" in payload and not isinstance(key, str):
+            raise ConfigError("key must be a string", param="key")
+        if "older_than_seconds" in payload and (
+            isinstance(age, bool) or not isinstance(age, int | float) or age < 0
+        ):
+            raise ConfigError(
+                "older_than_seconds must be a number >= 0", param="older_than_seconds"
+            )
+        expired = self.app.idempotency.expire(key=key, older_than_seconds=age)
+        return {"expired": expired}
 
     def _config(self, _request: Request) -> dict[str, Any]:
         return {**self.app.faults.settings.as_dict(), "seed": self.app.faults.seed}

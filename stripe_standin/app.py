@@ -4,10 +4,17 @@ Order of work for one API request:
 
 1. count it, draw a fault; ``drop`` hangs up before anything else;
 2. authenticate (401 like Stripe);
-3. injected ``fail_5xx`` / ``fail_429`` answer an error (nothing stored);
+3. injected ``fail_429`` answers an error (nothing stored), as does ``fail_5xx`` on anything
+   but a create that claims a new idempotency key;
 4. route: create (idempotency claim, latency while the key is held, script, validation,
-   creation, result saved against the key) or retrieve (latency, lookup);
+   then an injected 5xx or the creation, the result saved against the key), search or
+   retrieve (latency, lookup);
 5. ``lose_response``: the work is done and saved, then the connection is closed unanswered.
+
+Like Stripe, a create saves its result once it began executing (after its key was claimed
+and its parameters validated), a 500 included unless ``save_5xx`` is off; a request that
+failed validation, conflicted with one in flight or was cut before executing saves nothing.
+Every create and search is logged with its start, end and outcome (``/_standin/requests``).
 """
 
 from __future__ import annotations
@@ -27,13 +34,17 @@ from stripe_standin.config import StandinConfig
 from stripe_standin.errors import StripeError
 from stripe_standin.faults import Fault, FaultInjector, Script
 from stripe_standin.intents import build_payment_intent, new_request_id
-from stripe_standin.params import decode_form, fingerprint
+from stripe_standin.params import decode_form, fingerprint, parse_pairs
+from stripe_standin.requestlog import RequestLog
+from stripe_standin.search import SearchQueryError, parse_metadata_query
 from stripe_standin.stats import Stats
 from stripe_standin.store import Decision, IdempotencyStore, IntentStore, StoredResponse
 from stripe_standin.validation import validate_create
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_SEARCH_LIMIT = 100
 _RETRIEVE_PATH = re.compile(r"^/v1/payment_intents/([^/]+)$")
+_SERVER_ERRORS = (Fault.FAIL_5XX, Fault.CREATE_THEN_5XX)
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,16 @@ class Hangup:
 Reply = Response | Hangup
 
 
+@dataclass(frozen=True)
+class _Saving:
+    """Where a create's result is saved: its idempotency key (if any) in its API key's scope."""
+
+    key: str | None
+    scope: str
+    request_id: str
+    headers: dict[str, str]
+
+
 def json_body(data: Any) -> bytes:
     """Pretty-printed JSON, as Stripe sends it."""
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
@@ -76,6 +97,8 @@ def classify(method: str, path: str) -> tuple[str, str | None]:
     """Route kind for stats and dispatch, plus the intent id for retrievals."""
     if path == "/v1/payment_intents" and method == "POST":
         return stats.CREATE, None
+    if path == "/v1/payment_intents/search" and method == "GET":
+        return stats.SEARCH, None
     match = _RETRIEVE_PATH.match(path)
     if match and method == "GET":
         return stats.RETRIEVE, match.group(1)
@@ -114,6 +137,7 @@ class StandinApp:
         self.intents = IntentStore()
         self.idempotency = IdempotencyStore()
         self.stats = Stats()
+        self.requests = RequestLog()
         self._sleep = sleep
         self._clock = clock
 
@@ -123,14 +147,27 @@ class StandinApp:
         self.intents.clear()
         self.idempotency.clear()
         self.stats.clear()
+        self.requests.clear()
         self.faults.reset(self.config.faults, self.config.seed)
 
     # --- API entry point --------------------------------------------------------------------
 
     def handle_api(self, request: Request) -> Reply:
         """Answer one ``/v1/...`` request (counted by route and by outcome)."""
+        started = self._clock()
         reply = self._handle_api(request)
         self.stats.response(reply.status if isinstance(reply, Response) else None)
+        route, _ = classify(request.method, request.path)
+        if route in (stats.CREATE, stats.SEARCH):
+            self.requests.record(
+                route=route,
+                idempotency_key=request.headers.get("idempotency-key"),
+                payment_id=_payment_id_of(route, request),
+                started=started,
+                ended=self._clock(),
+                outcome=outcome_of(reply),
+                status=reply.status if isinstance(reply, Response) else None,
+            )
         return reply
 
     def _handle_api(self, request: Request) -> Reply:
@@ -153,28 +190,32 @@ class StandinApp:
             return self._error(auth_error, request_id, base_headers)
         assert api_key is not None
 
-        if fault in (Fault.FAIL_5XX, Fault.FAIL_429):
+        # A create with a new key decides itself whether its 5xx began executing (saved).
+        executes = route == stats.CREATE and "idempotency-key" in request.headers
+        if fault is Fault.FAIL_429 or (fault in _SERVER_ERRORS and not executes):
             assert fault is not None
             self.stats.fault(fault.value)
             self._sleep(latency)
-            injected = errors.api_error() if fault is Fault.FAIL_5XX else errors.rate_limited()
+            injected = errors.rate_limited() if fault is Fault.FAIL_429 else errors.api_error()
             return self._error(injected, request_id, base_headers, note=f"fault={fault.value}")
 
         reply: Reply
         if route == stats.CREATE:
-            reply = self._create(request, api_key, request_id, base_headers, latency)
+            reply = self._create(request, api_key, request_id, base_headers, latency, fault=fault)
         else:
             self._sleep(latency)
             if route == stats.RETRIEVE:
                 assert intent_id is not None
                 reply = self._retrieve(intent_id, request_id, base_headers)
+            elif route == stats.SEARCH:
+                reply = self._search(request.query, request_id, base_headers)
             else:
                 error = errors.unrecognized_url(request.method, request.path)
                 reply = self._error(error, request_id, base_headers)
 
         if fault is Fault.LOSE_RESPONSE and isinstance(reply, Response):
             self.stats.fault(Fault.LOSE_RESPONSE.value)
-            return Hangup(f"fault=lose_response (would have answered {reply.status})")
+            return Hangup(f"fault=lose_response (would have answered {reply.status}: {reply.note})")
         return reply
 
     # --- endpoints ---------------------------------------------------------------------------
@@ -186,6 +227,8 @@ class StandinApp:
         request_id: str,
         headers: dict[str, str],
         latency: float,
+        *,
+        fault: Fault | None = None,
     ) -> Reply:
         try:
             body = request.body.decode("utf-8")
@@ -206,13 +249,24 @@ class StandinApp:
             )
             if claim.decision is not Decision.NEW:
                 self._sleep(latency)
+                if fault in _SERVER_ERRORS:  # a 500 before executing: nothing saved
+                    assert fault is not None
+                    self.stats.fault(fault.value)
+                    note = f"fault={fault.value}"
+                    return self._error(errors.api_error(), request_id, headers, note=note)
                 return self._idempotency_answer(
                     claim.decision, claim.response, key, request_id, headers
                 )
 
         try:
             return self._execute_create(
-                body, key=key, scope=scope, request_id=request_id, headers=headers, latency=latency
+                body,
+                key=key,
+                scope=scope,
+                request_id=request_id,
+                headers=headers,
+                latency=latency,
+                fault=fault,
             )
         finally:
             if key is not None:
@@ -227,26 +281,32 @@ class StandinApp:
         request_id: str,
         headers: dict[str, str],
         latency: float,
+        fault: Fault | None = None,
     ) -> Reply:
         self._sleep(latency)  # while the key is held: concurrent duplicates get 409
-        lose = False
-        scripted = self.script.pop()
-        if scripted is not None:
-            self.stats.fault("scripted")
-            if isinstance(scripted, StripeError):
-                return self._error(scripted, request_id, headers, note="scripted")
-            if scripted.fault is Fault.DROP:
-                return Hangup("scripted drop")
-            lose = True  # scripted lose_response
+        where = _Saving(key, scope, request_id, headers)
+        scripted = self._scripted(where)
+        if isinstance(scripted, Response | Hangup):
+            return scripted
+        lose = scripted is Fault.LOSE_RESPONSE
+        then_5xx = Fault.CREATE_THEN_5XX in (scripted, fault)
 
         try:
             params = validate_create(decode_form(body))
         except StripeError as error:
             return self._error(error, request_id, headers)
+        if fault is Fault.FAIL_5XX:
+            self.stats.fault(fault.value)
+            return self._server_error(errors.api_error(), where, note="fault=fail_5xx")
 
         intent = build_payment_intent(params, now=int(self._clock()))
-        self.intents.add(intent, key, request_id)
+        self.intents.add(intent, key, request_id, at=self._clock())
         self.stats.event("payment_intents_created")
+        if then_5xx:
+            if fault is Fault.CREATE_THEN_5XX:
+                self.stats.fault(fault.value)
+            note = f"created {intent['id']}, then 500"
+            return self._server_error(errors.api_error(), where, note=note)
         response = self._json(200, intent, headers, note=f"created {intent['id']}")
         if key is not None:
             stored = StoredResponse(response.status, response.body, request_id)
@@ -273,6 +333,51 @@ class StandinApp:
             return self._error(errors.idempotency_mismatch(key), request_id, headers)
         self.stats.event("idempotency_conflicts")
         return self._error(errors.idempotency_in_flight(key), request_id, headers)
+
+    def _scripted(self, where: _Saving) -> Reply | Fault | None:
+        """The next scripted entry: a reply to send, or the fault to apply to the creation."""
+        scripted = self.script.pop()
+        if scripted is None:
+            return None
+        self.stats.fault("scripted")
+        if isinstance(scripted, StripeError):
+            if scripted.status >= 500:
+                return self._server_error(scripted, where, note="scripted")
+            return self._error(scripted, where.request_id, where.headers, note="scripted")
+        if scripted.fault is Fault.DROP:
+            return Hangup("scripted drop")
+        return scripted.fault
+
+    def _server_error(self, error: StripeError, where: _Saving, *, note: str) -> Response:
+        """A 5xx of a create that began executing: saved against its key, as Stripe does."""
+        response = self._error(error, where.request_id, where.headers, note=note)
+        if where.key is not None and self.faults.settings.save_5xx:
+            stored = StoredResponse(response.status, response.body, where.request_id)
+            self.idempotency.complete(where.scope, where.key, stored)
+            self.stats.event("server_errors_saved")
+        return response
+
+    def _search(self, query: str, request_id: str, headers: dict[str, str]) -> Response:
+        """``GET /v1/payment_intents/search`` for ``metadata['k']:'v'`` queries only."""
+        params = dict(parse_pairs(query))
+        try:
+            key, value = parse_metadata_query(params.get("query"))
+            limit = _search_limit(params.get("limit"))
+        except SearchQueryError as exc:
+            return self._error(
+                errors.invalid_request(str(exc), param=exc.param), request_id, headers
+            )
+        lag = self.faults.settings.search_lag_ms / 1000.0
+        found = self.intents.matching(key, value, visible_before=self._clock() - lag)
+        self.stats.event("searches")
+        data = {
+            "object": "search_result",
+            "data": found[:limit],
+            "has_more": len(found) > limit,
+            "next_page": None,
+            "url": "/v1/payment_intents/search",
+        }
+        return self._json(200, data, headers)
 
     def _retrieve(self, intent_id: str, request_id: str, headers: dict[str, str]) -> Response:
         intent = self.intents.get(intent_id)
@@ -312,3 +417,43 @@ class StandinApp:
         label = f"{error.error_type}/{error.code}" if error.code else error.error_type
         note = f"{note} {label}" if note else label
         return Response(error.status, json_body(body), {**headers, **error.headers}, note=note)
+
+
+def _payment_id_of(route: str, request: Request) -> str | None:
+    """The payment a create (``metadata[payment_id]``) or a search (its query) is about."""
+    if route == stats.SEARCH:
+        try:
+            key, value = parse_metadata_query(dict(parse_pairs(request.query)).get("query"))
+        except SearchQueryError:
+            return None
+        return value if key == "payment_id" else None
+    try:
+        pairs = parse_pairs(request.body.decode("utf-8"))
+    except (UnicodeDecodeError, StripeError):
+        return None
+    return next((v for k, v in pairs if k == "metadata[payment_id]"), None)
+
+
+def _search_limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 10
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_SEARCH_LIMIT:
+        raise SearchQueryError(
+            f"Invalid limit: must be an integer between 1 and {MAX_SEARCH_LIMIT}", param="limit"
+        )
+    return int(raw)
+
+
+def outcome_of(reply: Reply) -> str:
+    """One word for what a reply was, for the request log: ``created`` and ``lost`` made an
+    intent (answered, even with a 500, or not), ``replay`` answered a saved result,
+    ``unanswered`` lost an answer that made nothing (a replay, an error)."""
+    if isinstance(reply, Hangup):
+        if "created pi_" in reply.note:
+            return "lost"
+        return "unanswered" if "lose_response" in reply.note else "dropped"
+    if reply.headers.get("Idempotent-Replayed") == "true":
+        return "replay"
+    if reply.note.startswith("created"):
+        return "created"
+    return "ok" if reply.status == 200 else "error"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -49,12 +50,35 @@ class StandinAdmin:
             if entry["payment_intent"]["metadata"].get(key) == value
         ]
 
+    def requests(self, payment_id: str | None = None) -> list[dict[str, Any]]:
+        """Create and search requests (of one payment if given), in order of start."""
+        name = (
+            "requests"
+            if payment_id is None
+            else f"requests?payment_id={urllib.parse.quote(payment_id)}"
+        )
+        data: list[dict[str, Any]] = self._call("GET", name)["data"]
+        return data
+
+    def idempotency_keys(self) -> list[dict[str, Any]]:
+        """Every key held: ``{"key", "age_seconds", "status"}``."""
+        data: list[dict[str, Any]] = self._call("GET", "idempotency")["data"]
+        return data
+
+    def expire_keys(
+        self, *, key: str | None = None, older_than_seconds: float | None = None
+    ) -> int:
+        """Forget one key's saved result, or those of every key at least this old."""
+        payload = {"key": key} if key is not None else {"older_than_seconds": older_than_seconds}
+        return int(self._call("POST", "idempotency/expire", payload)["expired"])
+
     def config(self) -> dict[str, Any]:
         """Fault settings in force and the seed."""
         return self._call("GET", "config")
 
     def configure(self, **changes: Any) -> dict[str, Any]:
-        """Change some of latency_ms, drop, fail_5xx, fail_429, lose_response, seed."""
+        """Change some of latency_ms, drop, fail_5xx, fail_429, lose_response,
+        create_then_5xx, save_5xx, search_lag_ms, seed."""
         return self._call("POST", "config", changes)
 
     def script(self, responses: Sequence[Mapping[str, Any]], *, append: bool = False) -> int:
@@ -140,6 +164,11 @@ def rate_limit() -> dict[str, Any]:
 def drop() -> dict[str, Any]:
     """Close the connection without doing anything (the SDK raises APIConnectionError)."""
     return {"fault": "drop"}
+
+
+def create_then_5xx() -> dict[str, Any]:
+    """Create and store the intent, then answer 500 (saved against the key, like Stripe)."""
+    return {"fault": "create_then_5xx"}
 
 
 def lose_response() -> dict[str, Any]:

@@ -124,6 +124,25 @@ _OPTIONS = (
         _rate,
         "fraction of API requests processed and stored, then closed without an answer",
     ),
+    (
+        "--create-then-5xx",
+        "create_then_5xx",
+        _rate,
+        "fraction of API requests whose create stores the intent, then answers 500",
+    ),
+    (
+        "--save-5xx",
+        "save_5xx",
+        _flag,
+        "save a 5xx of a create that began executing against its idempotency key and replay "
+        "it, as Stripe does (default true; false releases the key)",
+    ),
+    (
+        "--search-lag-ms",
+        "search_lag_ms",
+        _non_negative_int,
+        "how long a new intent stays invisible to search (Stripe's is eventually consistent)",
+    ),
     ("--seed", "seed", int, "seed of the fault random sequence (default: random)"),
     ("--quiet", "quiet", _flag, "no per-request log lines"),
     (
@@ -179,6 +198,9 @@ def load_config(
             fail_5xx=args.fail_5xx or 0.0,
             fail_429=args.fail_429 or 0.0,
             lose_response=args.lose_response or 0.0,
+            create_then_5xx=args.create_then_5xx or 0.0,
+            save_5xx=True if args.save_5xx is None else bool(args.save_5xx),
+            search_lag_ms=args.search_lag_ms or 0,
         )
     except ConfigError as exc:
         parser.error(str(exc))

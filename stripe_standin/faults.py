@@ -21,9 +21,14 @@ class Fault(enum.Enum):
     FAIL_5XX = "fail_5xx"  # answer 500 api_error, nothing stored
     FAIL_429 = "fail_429"  # answer 429 rate limit, nothing stored
     LOSE_RESPONSE = "lose_response"  # do the work and store it, then close without answering
+    # Create the intent, then answer 500: what a saved 500 can hide (last, so that a seed
+    # draws the other faults as before).
+    CREATE_THEN_5XX = "create_then_5xx"
 
 
-RATE_FIELDS = ("drop", "fail_5xx", "fail_429", "lose_response")
+RATE_FIELDS = ("drop", "fail_5xx", "fail_429", "lose_response", "create_then_5xx")
+SWITCH_FIELDS = ("save_5xx",)
+DURATION_FIELDS = ("latency_ms", "search_lag_ms")
 
 
 class ConfigError(ValueError):
@@ -36,19 +41,32 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class FaultSettings:
-    """Latency and fault rates; rates are fractions in [0, 1] whose sum is at most 1."""
+    """Latency and fault rates; rates are fractions in [0, 1] whose sum is at most 1.
+
+    ``save_5xx``: a 5xx answered by a create that began executing (an injected ``fail_5xx``
+    on a create with a new idempotency key, a scripted 5xx, ``create_then_5xx``) is saved
+    against the key and replayed, as Stripe does; false releases the key instead.
+    ``search_lag_ms``: an intent is found by search only this long after its creation
+    (Stripe's search is eventually consistent)."""
 
     latency_ms: int = 0
     drop: float = 0.0
     fail_5xx: float = 0.0
     fail_429: float = 0.0
     lose_response: float = 0.0
+    create_then_5xx: float = 0.0
+    save_5xx: bool = True
+    search_lag_ms: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.latency_ms, bool) or not isinstance(self.latency_ms, int):
-            raise ConfigError(f"latency_ms must be an integer, got {self.latency_ms!r}")
-        if self.latency_ms < 0:
-            raise ConfigError(f"latency_ms must be >= 0, got {self.latency_ms}")
+        for name in DURATION_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if not isinstance(self.save_5xx, bool):
+            raise ConfigError(f"save_5xx must be true or false, got {self.save_5xx!r}")
         for name in RATE_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -62,7 +80,7 @@ class FaultSettings:
 
     def with_changes(self, changes: Mapping[str, Any]) -> FaultSettings:
         """A copy with some fields changed; unknown names raise :class:`ConfigError`."""
-        unknown = sorted(set(changes) - {"latency_ms", *RATE_FIELDS})
+        unknown = sorted(set(changes) - {*DURATION_FIELDS, *RATE_FIELDS, *SWITCH_FIELDS})
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
         return replace(self, **dict(changes))
@@ -114,7 +132,7 @@ class FaultInjector:
             self._random.seed(seed)
 
     def decide(self) -> Fault | None:
-        """Draw once and map the draw onto the rates (drop, 5xx, 429, lose-response in order)."""
+        """Draw once and map the draw onto the rates (in the order of :class:`Fault`)."""
         with self._lock:
             draw = self._random.random()
             settings = self._settings
@@ -128,7 +146,7 @@ class FaultInjector:
 
 @dataclass(frozen=True)
 class ScriptedFault:
-    """A scripted network fault (``drop`` or ``lose_response``) for one create request."""
+    """A scripted fault (``drop``, ``lose_response``, ``create_then_5xx``) for one create."""
 
     fault: Fault
 
@@ -141,14 +159,18 @@ def parse_script_entry(raw: Any) -> ScriptEntry:
 
     ``{"status": 402, "error": {"type": ..., "message": ..., "code"?, "param"?, ...},
     "headers"?: {...}}`` answers that error; ``{"fault": "drop" | "lose_response"}`` applies
-    that network fault.
+    that network fault; ``{"fault": "create_then_5xx"}`` creates the intent, then answers a
+    500 (saved against the key unless ``save_5xx`` is off).
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"script entries must be objects, got {raw!r}")
     if "fault" in raw:
-        allowed = {Fault.DROP.value, Fault.LOSE_RESPONSE.value}
+        allowed = {Fault.DROP.value, Fault.LOSE_RESPONSE.value, Fault.CREATE_THEN_5XX.value}
         if raw["fault"] not in allowed or set(raw) != {"fault"}:
-            raise ConfigError(f'a fault entry is {{"fault": "drop" | "lose_response"}}: {raw!r}')
+            raise ConfigError(
+                'a fault entry is {"fault": "drop" | "lose_response" | "create_then_5xx"}: '
+                f"{raw!r}"
+            )
         return ScriptedFault(Fault(raw["fault"]))
     status, error, headers = raw.get("status"), raw.get("error"), raw.get("headers", {})
     if set(raw) - {"status", "error", "headers"}:

@@ -39,6 +39,8 @@ class StandinProcess:
         fail_429: float = 0.0,
         drop: float = 0.0,
         lose_response: float = 0.0,
+        create_then_5xx: float = 0.0,
+        save_5xx: bool = True,
         seed: int | None = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -69,6 +71,10 @@ class StandinProcess:
             str(drop),
             "--lose-response",
             str(lose_response),
+            "--create-then-5xx",
+            str(create_then_5xx),
+            "--save-5xx",
+            "true" if save_5xx else "false",
         ]
         if api_key is not None:
             self._args += ["--api-key", api_key]

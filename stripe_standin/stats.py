@@ -9,6 +9,7 @@ from typing import Any
 #: Route kinds requests are counted under.
 CREATE = "POST /v1/payment_intents"
 RETRIEVE = "GET /v1/payment_intents/:id"
+SEARCH = "GET /v1/payment_intents/search"
 OTHER = "other"
 
 #: Outcome recorded when the connection was closed without an answer.
@@ -53,7 +54,7 @@ class Stats:
                 "requests": {
                     "total": sum(requests.values()),
                     "by_route": {
-                        route: requests.get(route, 0) for route in (CREATE, RETRIEVE, OTHER)
+                        route: requests.get(route, 0) for route in (CREATE, RETRIEVE, SEARCH, OTHER)
                     },
                 },
                 "responses": dict(sorted(self._responses.items())),
@@ -62,9 +63,18 @@ class Stats:
                 "idempotency_mismatches": self._events["idempotency_mismatches"],
                 "idempotency_conflicts": self._events["idempotency_conflicts"],
                 "authentication_failures": self._events["authentication_failures"],
+                "server_errors_saved": self._events["server_errors_saved"],
+                "searches": self._events["searches"],
                 "faults": {
                     name: self._faults[name]
-                    for name in ("drop", "fail_5xx", "fail_429", "lose_response", "scripted")
+                    for name in (
+                        "drop",
+                        "fail_5xx",
+                        "fail_429",
+                        "lose_response",
+                        "create_then_5xx",
+                        "scripted",
+                    )
                 },
             }
         data.update(extra)

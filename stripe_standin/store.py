@@ -31,6 +31,7 @@ class StoredIntent:
     intent: dict[str, Any]
     idempotency_key: str | None
     request_id: str
+    stored_at: float = 0.0  # the app's clock at creation: search sees it after the lag
 
 
 class IntentStore:
@@ -40,9 +41,16 @@ class IntentStore:
         self._lock = threading.Lock()
         self._intents: dict[str, StoredIntent] = {}
 
-    def add(self, intent: dict[str, Any], idempotency_key: str | None, request_id: str) -> None:
-        """Store a new intent (a copy of it)."""
-        entry = StoredIntent(copy.deepcopy(intent), idempotency_key, request_id)
+    def add(
+        self,
+        intent: dict[str, Any],
+        idempotency_key: str | None,
+        request_id: str,
+        *,
+        at: float = 0.0,
+    ) -> None:
+        """Store a new intent (a copy of it), created at `at` on the app's clock."""
+        entry = StoredIntent(copy.deepcopy(intent), idempotency_key, request_id, at)
         with self._lock:
             self._intents[intent["id"]] = entry
 
@@ -51,6 +59,17 @@ class IntentStore:
         with self._lock:
             entry = self._intents.get(intent_id)
         return copy.deepcopy(entry.intent) if entry else None
+
+    def matching(self, key: str, value: str, *, visible_before: float) -> list[dict[str, Any]]:
+        """Intents whose ``metadata[key] == value`` created by `visible_before`, newest
+        first (copies), as Stripe's search answers."""
+        with self._lock:
+            found = [
+                e.intent
+                for e in self._intents.values()
+                if e.intent["metadata"].get(key) == value and e.stored_at <= visible_before
+            ]
+        return [copy.deepcopy(intent) for intent in reversed(found)]
 
     def all(self) -> list[StoredIntent]:
         """Every stored intent, oldest first (copies)."""
@@ -90,13 +109,25 @@ class _Entry:
     fingerprint: Hashable
     response: StoredResponse | None  # None while in flight
     stored_at: float
+    first_seen: float  # when the key was first used: its age, for expiry
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What ``GET /_standin/idempotency`` shows of one key."""
+
+    key: str
+    age_seconds: float
+    status: int | None  # None while in flight
 
 
 class IdempotencyStore:
     """Idempotency keys scoped per API key, Stripe style.
 
-    Only completed results are replayed; a key whose request failed validation or hit an
-    injected transient fault is released, so a retry runs again.
+    Only saved results are replayed; a key whose request failed validation, conflicted or
+    hit a fault before executing is released, so a retry runs again. Keys are forgotten
+    ``ttl_seconds`` after their first use, or when :meth:`expire` says so (Stripe may prune
+    a key once it is 24 hours old).
     """
 
     def __init__(
@@ -120,9 +151,9 @@ class IdempotencyStore:
         with self._lock:
             entry = self._entries.get((scope, key))
             if entry is not None and entry.response is not None:
-                entry = None if now - entry.stored_at >= self._ttl else entry  # expired: afresh
+                entry = None if now - entry.first_seen >= self._ttl else entry  # expired: afresh
             if entry is None:
-                self._entries[(scope, key)] = _Entry(fingerprint, None, now)
+                self._entries[(scope, key)] = _Entry(fingerprint, None, now, now)
                 return Claim(Decision.NEW)
             if entry.response is None:
                 return Claim(Decision.IN_FLIGHT)
@@ -148,6 +179,40 @@ class IdempotencyStore:
             entry = self._entries.get((scope, key))
             if entry is not None and entry.response is None:
                 del self._entries[(scope, key)]
+
+    def expire(self, *, key: str | None = None, older_than_seconds: float | None = None) -> int:
+        """Forget saved results: of ``key`` (under every API key), or of every key first
+        used at least ``older_than_seconds`` ago; returns how many were forgotten.
+
+        A request still in flight keeps its key: it is executing, and will save its result.
+        """
+        if (key is None) == (older_than_seconds is None):
+            raise ValueError("give exactly one of key and older_than_seconds")
+        now = self._clock()
+        with self._lock:
+            doomed = [
+                name
+                for name, entry in self._entries.items()
+                if entry.response is not None
+                and (
+                    name[1] == key
+                    if key is not None
+                    else now - entry.first_seen >= float(older_than_seconds or 0.0)
+                )
+            ]
+            for name in doomed:
+                del self._entries[name]
+        return len(doomed)
+
+    def held(self) -> list[KeyInfo]:
+        """Every key held, with its age and saved status, oldest first."""
+        now = self._clock()
+        with self._lock:
+            entries = sorted(self._entries.items(), key=lambda item: item[1].first_seen)
+            return [
+                KeyInfo(name[1], now - e.first_seen, e.response.status if e.response else None)
+                for name, e in entries
+            ]
 
     def in_flight(self) -> int:
         """How many claimed keys have no result yet."""

@@ -4,14 +4,22 @@ interface of the store."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol
 from uuid import UUID
 
 from worker import jobs, telemetry
 from worker.models import Job, Payment, PaymentIntent
-from worker.stripe_gateway import StripeFailure, StripeGateway
+from worker.stripe_gateway import StripeFailure, StripeGateway, key_generation
+
+log = logging.getLogger("worker.handlers")
+
+# Keys one attempt may move through when each answers a saved 5xx (each costs a create and a
+# search); beyond that the job retries with backoff and walks the same keys again.
+MAX_KEYS_PER_ATTEMPT = 4
 
 # What the database does when a create_payment_intent job is given up, by our
 # executor, our rescuer or anyone else's (schema/deploy/worker_api.sql): fails
@@ -109,7 +117,7 @@ class CreatePaymentIntent:
                 payment_id=payment.id,
             )
         try:
-            intent = self._gateway.create_payment_intent(payment)
+            return self._create_or_adopt(job, payment)
         except StripeFailure as exc:
             raise JobFailure(
                 exc.message,
@@ -118,7 +126,78 @@ class CreatePaymentIntent:
                 request_id=exc.request_id,
                 public_message=exc.public_message,
             ) from exc
-        return Done(payment_id=payment.id, intent=intent)
+
+    def _create_or_adopt(self, job: Job, payment: Payment) -> Done:
+        """Creates the intent, or adopts the one Stripe already has for this payment.
+
+        A key may hide an intent in two ways: Stripe forgot it (over 24 h since the first
+        attempt: a new generation's key, so search first) or it saved a 5xx (every retry
+        gets that 500 back: search, then the next generation's key). Each generation's key
+        is fixed, so a later attempt walking the same keys gets Stripe's replays."""
+        generation = key_generation(job.created_at, datetime.now(UTC))
+        if generation > 0 and (adopted := self._adopt(payment)) is not None:
+            return adopted
+        searched = False
+        for _ in range(MAX_KEYS_PER_ATTEMPT):
+            try:
+                intent = self._gateway.create_payment_intent(payment, generation)
+            except StripeFailure as exc:
+                failure, searched = exc, False
+                if not exc.replayed_server_error:
+                    break
+                if (adopted := self._adopt(payment)) is not None:
+                    return adopted
+                searched = True
+                generation += 1
+                continue
+            return Done(payment_id=payment.id, intent=intent)
+        # About to give up: a lost answer may have made the intent all the same.
+        giving_up = not failure.permanent and job.attempt >= job.max_attempts
+        if giving_up and not searched and (adopted := self._adopt(payment)) is not None:
+            return adopted
+        raise failure
+
+    def _adopt(self, payment: Payment) -> Done | None:
+        """The payment's intent if Stripe has one (the oldest, if several) and it is what
+        the payment asked for; None when there is none. Never creates anything."""
+        found = sorted(self._gateway.find_payment_intents(payment), key=lambda i: i.created)
+        if not found:
+            return None
+        intent = found[0]
+        if len(found) > 1:
+            log.warning(
+                "several PaymentIntents for one payment; the oldest is adopted",
+                extra={"payment_id": str(payment.id), "intents": [i.id for i in found]},
+            )
+        wanted = (payment.amount, payment.currency.lower())
+        if (intent.amount, intent.currency.lower()) != wanted or intent.status == "canceled":
+            raise JobFailure(
+                f"PaymentIntent {intent.id} with metadata.payment_id {payment.id} is "
+                f"{intent.amount} {intent.currency} ({intent.status}), the payment "
+                f"{payment.amount} {payment.currency.lower()}: not adopted and no other "
+                "created, so nothing is charged twice; reconcile it in Stripe",
+                permanent=True,
+                payment_id=payment.id,
+                request_id=intent.request_id,
+            )
+        if intent.client_secret is None:
+            raise StripeFailure(
+                f"PaymentIntent {intent.id} was found without its client_secret",
+                permanent=False,
+                kind="api_error",
+                request_id=intent.request_id,
+            )
+        log.info(
+            "existing PaymentIntent adopted",
+            extra={"payment_id": str(payment.id), "provider_payment_id": intent.id},
+        )
+        adopted = PaymentIntent(
+            payment_id=payment.id,
+            provider_payment_id=intent.id,
+            client_secret=intent.client_secret,
+            request_id=intent.request_id,
+        )
+        return Done(payment_id=payment.id, intent=adopted)
 
 
 def _payment_id(job: Job) -> UUID:

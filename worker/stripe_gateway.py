@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import stripe
 from stripe.params import PaymentIntentCreateParams
@@ -21,6 +22,12 @@ _PERMANENT = (
     stripe.PermissionError,
     stripe.IdempotencyError,
 )
+
+
+# Stripe may forget an idempotency key once it is 24 hours old, and its search may lag
+# up to an hour in an outage: a key is used for 23 h from the payment's first attempt at
+# most, then the next generation's, after a search for what the old one made.
+KEY_GENERATION_SECONDS = 23 * 3600.0
 
 
 # Waits before the retries within one attempt (Stripe's SDK uses the same).
@@ -46,6 +53,7 @@ class StripeFailure(Exception):
         request_id: str | None,
         retry_now: bool = False,
         public_message: str | None = None,
+        replayed_server_error: bool = False,
     ):
         super().__init__(message)
         self.message = message
@@ -54,6 +62,8 @@ class StripeFailure(Exception):
         self.kind = kind
         self.request_id = request_id
         self.retry_now = retry_now and not permanent
+        # Stripe answered a 5xx it saved for this key: every retry with the key gets it.
+        self.replayed_server_error = replayed_server_error
 
 
 @dataclass(frozen=True)
@@ -65,9 +75,30 @@ class StripeSettings:
     network_retries: int = 2
 
 
-def idempotency_key(payment: Payment) -> str:
-    """One key per payment for every attempt: Stripe replays instead of creating twice."""
-    return f"payment-worker:create_payment_intent:{payment.id}"
+@dataclass(frozen=True)
+class FoundIntent:
+    """A PaymentIntent found by the payment's `metadata.payment_id`."""
+
+    id: str
+    amount: int
+    currency: str
+    status: str
+    created: int
+    client_secret: str | None = None
+    request_id: str | None = None
+
+
+def idempotency_key(payment: Payment, generation: int = 0) -> str:
+    """The same key for every attempt of one generation: Stripe replays instead of
+    creating twice. Generation 0 keeps the key of the payments made before generations."""
+    base = f"payment-worker:create_payment_intent:{payment.id}"
+    return base if generation == 0 else f"{base}:{generation}"
+
+
+def key_generation(first_attempt: datetime, now: datetime) -> int:
+    """Which generation's key a payment whose first attempt was at `first_attempt` uses:
+    a new one every 23 h, so none is ever sent when it may be 24 h old."""
+    return max(0, int((now - first_attempt).total_seconds() // KEY_GENERATION_SECONDS))
 
 
 class StripeGateway:
@@ -85,7 +116,7 @@ class StripeGateway:
         self._retries = settings.network_retries
         self.last_duration = 0.0
 
-    def create_payment_intent(self, payment: Payment) -> PaymentIntent:
+    def create_payment_intent(self, payment: Payment, generation: int = 0) -> PaymentIntent:
         """Creates the payment's intent, retrying a momentary fault at once.
 
         Stripe's own advice: a dropped connection, a timeout, a 409 or a 5xx
@@ -101,19 +132,59 @@ class StripeGateway:
         retry = 0
         while True:
             try:
-                return self._create_once(payment, params)
+                return self._create_once(payment, params, generation)
             except StripeFailure as failure:
                 if not failure.retry_now or retry >= self._retries:
                     raise
             time.sleep(_RETRY_WAITS[min(retry, len(_RETRY_WAITS) - 1)])
             retry += 1
 
-    def _create_once(self, payment: Payment, params: PaymentIntentCreateParams) -> PaymentIntent:
+    def find_payment_intents(self, payment: Payment) -> list[FoundIntent]:
+        """The intents whose `metadata.payment_id` is this payment's, through Stripe's
+        search (eventually consistent: one made in the last minute may be missing). A
+        dropped connection or a 5xx is asked again at once, once."""
+        query = f"metadata['payment_id']:'{payment.id}'"
+        for retry in range(2):
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                result = self._client.v1.payment_intents.search({"query": query, "limit": 100})
+                outcome = "success"
+            except stripe.StripeError as exc:
+                telemetry.STRIPE_ERRORS.labels(type(exc).__name__).inc()
+                failure = _failure(exc)
+                if retry or not failure.retry_now:
+                    raise failure from exc
+                continue
+            finally:
+                telemetry.STRIPE_REQUEST_DURATION.labels("search_payment_intents", outcome).observe(
+                    time.perf_counter() - started
+                )
+            request_id = result.last_response.request_id if result.last_response else None
+            return [
+                FoundIntent(
+                    id=item.id,
+                    amount=int(item.amount),
+                    currency=str(item.currency),
+                    status=str(item.status),
+                    created=int(item.created),
+                    client_secret=item.client_secret,
+                    request_id=request_id,
+                )
+                for item in result.data
+                # Search matched on it; a second look costs nothing and guards the adoption.
+                if "payment_id" in item.metadata and item.metadata["payment_id"] == str(payment.id)
+            ]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _create_once(
+        self, payment: Payment, params: PaymentIntentCreateParams, generation: int
+    ) -> PaymentIntent:
         started = time.perf_counter()
         outcome = "error"
         try:
             intent = self._client.v1.payment_intents.create(
-                params, {"idempotency_key": idempotency_key(payment)}
+                params, {"idempotency_key": idempotency_key(payment, generation)}
             )
             outcome = "success"
         except stripe.StripeError as exc:
@@ -152,6 +223,9 @@ def _failure(exc: stripe.StripeError) -> StripeFailure:
     )
     if should_retry is not None:
         retry_now = should_retry == "true"
+    replayed = (exc.headers or {}).get("idempotent-replayed") == "true" and status >= 500
+    if replayed:
+        retry_now = False  # the same key gets the same saved answer
     message = exc.user_message or type(exc).__name__
     return StripeFailure(
         message,
@@ -162,4 +236,5 @@ def _failure(exc: stripe.StripeError) -> StripeFailure:
         # Only a card error is about the payer's card; the others (a wrong key, a bad
         # parameter, a permission) would tell the caller about our account.
         public_message=exc.user_message if isinstance(exc, stripe.CardError) else None,
+        replayed_server_error=replayed,
     )

@@ -37,16 +37,32 @@ from tests.acceptance.conftest import (
     wait_until,
     worker_stopwaitsecs,
 )
+from tests.chaos.accounting import (
+    Entry,
+    backoff_outside_river,
+    overlaps,
+    replays_without_origin,
+    tallies,
+)
 from tests.chaos.cluster import PrivateCluster
 from tests.chaos.conftest import Record, StartSupervisord
+from worker.handlers import MAX_KEYS_PER_ATTEMPT
 from worker.maintenance import RESCUE_ERROR
 
 API_KEY = "sk_test_chaos_4Vn8Qe2Lx"
 WORKERS = 4
 SEED = 20261127
 
-# The stand-in's faults: 25 % of API attempts fail one way or another.
-FAULTS = {"fail_5xx": 0.10, "fail_429": 0.05, "drop": 0.05, "lose_response": 0.05}
+# The stand-in's faults: 25 % of API attempts fail one way or another. A 5xx of a create
+# that began executing is saved against its key (Stripe's rule, the stand-in's default);
+# create_then_5xx makes the intent first, so only a search finds it.
+FAULTS = {
+    "fail_5xx": 0.08,
+    "create_then_5xx": 0.02,
+    "fail_429": 0.05,
+    "drop": 0.05,
+    "lose_response": 0.05,
+}
 NO_FAULTS = dict.fromkeys(FAULTS, 0.0)
 LATENCY_MS = 100
 
@@ -60,6 +76,7 @@ MAX_KILL_TO_RESCUE = 10.0
 MAX_RESTART_TO_RESUME = 5.0
 MAX_BACKLOG_SECONDS = 5.0
 DRAIN_DEADLINE = 150.0
+NETWORK_RETRIES = 2  # the workers' STRIPE_NETWORK_RETRIES default
 
 UNFINISHED_STATES = ("available", "running", "retryable", "scheduled", "pending")
 
@@ -153,6 +170,7 @@ class Chaos:
     stop_monitor: threading.Event = field(default_factory=threading.Event)
     kills: list[tuple[float, str, int]] = field(default_factory=list)
     unmeasured_kills: int = 0
+    unmeasured_kill_times: list[float] = field(default_factory=list)
     orphans: list[Orphan] = field(default_factory=list)
     new_orphans: SimpleQueue[Orphan] = field(default_factory=SimpleQueue)
     errors: list[str] = field(default_factory=list)
@@ -215,6 +233,7 @@ class Chaos:
             self.kills.append((killed_at, str(victim["name"]), int(victim["pid"])))
             if jobs is None:
                 self.unmeasured_kills += 1
+                self.unmeasured_kill_times.append(killed_at)
                 continue
             for job in jobs:
                 self.new_orphans.put(Orphan(job["id"], job["attempt"], killed_at, worker_id))
@@ -254,6 +273,24 @@ class Chaos:
 
 
 # --- reading the outcome ------------------------------------------------------------------
+
+
+def killed_between(
+    chaos: Chaos, job_of_payment: dict[str, dict[str, Any]]
+) -> Callable[[Entry, Entry], bool]:
+    """Whether an overlap is a killed worker's request finishing at the stand-in while the
+    rescued job runs again: the job was orphaned by a kill between the two starts (or a
+    worker was killed then while the database was down, so its jobs are unknown)."""
+    kills_of: dict[int, list[float]] = {}
+    for orphan in chaos.orphans:
+        kills_of.setdefault(orphan.job_id, []).append(orphan.killed_at)
+
+    def excused(earlier: Entry, later: Entry) -> bool:
+        job = job_of_payment.get(earlier["payment_id"])
+        times = [*chaos.unmeasured_kill_times, *(kills_of.get(job["id"], []) if job else [])]
+        return any(earlier["started"] <= t <= later["started"] for t in times)
+
+    return excused
 
 
 def job_story(sup: Supervisord, job_id: int, limit: int = 20) -> str:
@@ -359,9 +396,12 @@ def test_payments_made_exactly_once_through_kills_a_crash_and_stripe_faults(
                 # is brought forward and reported, never silently waited out or dropped.
                 fast_forwarded += query(
                     url,
-                    "UPDATE metadata.river_job SET scheduled_at = now() WHERE state = 'retryable'"
-                    " AND scheduled_at > now() + make_interval(secs => %s)"
-                    " RETURNING id, attempt, scheduled_at",
+                    "WITH late AS (SELECT id, scheduled_at FROM metadata.river_job"
+                    " WHERE state = 'retryable'"
+                    " AND scheduled_at > now() + make_interval(secs => %s) FOR UPDATE)"
+                    " UPDATE metadata.river_job j SET scheduled_at = now() FROM late"
+                    " WHERE j.id = late.id"
+                    " RETURNING j.id, j.attempt, late.scheduled_at AS was_scheduled_at, j.errors",
                     (max(remaining - 10, 0),),
                 )
                 time.sleep(0.5)
@@ -393,6 +433,7 @@ def test_payments_made_exactly_once_through_kills_a_crash_and_stripe_faults(
         )[0]["first"]
         intents = standin.admin.payment_intents()
         faults = {k: v for k, v in standin.admin.stats()["faults"].items() if k in FAULTS}
+        requests = standin.admin.requests()
 
     measured = [o for o in chaos.orphans if o.seconds is not None]
     max_rescue = max((o.seconds for o in measured if o.seconds is not None), default=0.0)
@@ -402,13 +443,21 @@ def test_payments_made_exactly_once_through_kills_a_crash_and_stripe_faults(
         outcomes["kills_while_db_down"] = chaos.unmeasured_kills
     errors_of = {j["id"]: j["errors"] for j in jobs}
     forwarded = [f"{j['id']}({attempt_story(errors_of.get(j['id']))})" for j in fast_forwarded]
+    tally = tallies(requests)
+    job_of_payment = {j["payment_id"]: j for j in jobs}
+    concurrent, after_kill = overlaps(requests, killed_between(chaos, job_of_payment))
+    create_requests = sum(t.creates for t in tally.values())
+    replays = sum(t.replays for t in tally.values())
+    searches = sum(t.searches for t in tally.values())
     record_summary(
         f"chaos: payments={len(payments)} kills={len(chaos.kills)} faults={faults} "
         f"restarts={pg_cluster.restarts} max_kill_to_rescue={max_rescue:.1f}s "
         f"restart_to_resume={'never' if resume is None else f'{resume:.1f}s'} "
         f"wall={wall:.0f}s | orphans={dict(outcomes)} waiting_at_restart={waiting} "
         f"down={accepted_at - crashed_at:.2f}s chaos_phase={chaos_seconds:.0f}s "
-        f"fast_forwarded={forwarded} log={sup.log_path}"
+        f"fast_forwarded={forwarded} create_requests={create_requests} replays={replays} "
+        f"searches={searches} concurrent={len(concurrent)} overlaps_after_kill={after_kill} "
+        f"log={sup.log_path}"
     )
 
     assert not chaos.errors, chaos.errors
@@ -441,6 +490,28 @@ def test_payments_made_exactly_once_through_kills_a_crash_and_stripe_faults(
         e["payment_intent"]["metadata"]["payment_id"]: e["payment_intent"]["id"] for e in intents
     }
     assert all(p["provider_payment_id"] == intent_of[p["id"]] for p in payments)
+
+    # The stand-in's side of exactly once: per payment, one request made its intent; every
+    # replay answered a key an earlier request executed under; no more creates than its
+    # attempts allow; never two requests of one payment at once, except a killed worker's
+    # last one finishing while the rescued job starts again.
+    made_twice = {pid: t.made for pid, t in tally.items() if t.made != 1}
+    assert not made_twice, f"payments whose intent was made by != 1 request: {made_twice}"
+    assert set(tally) == {p["id"] for p in payments}
+    assert not replays_without_origin(requests)
+    too_many = {
+        pid: (t.creates, job_of_payment[pid]["attempt"])
+        for pid, t in tally.items()
+        if t.creates > job_of_payment[pid]["attempt"] * (1 + NETWORK_RETRIES) * MAX_KEYS_PER_ATTEMPT
+    }
+    assert not too_many, f"more create requests than (attempts x retries x keys): {too_many}"
+    assert not concurrent, "two requests of one payment at once:\n" + "\n".join(
+        f"{a}\n{b}" for a, b in concurrent[:5]
+    )
+    wrong_backoff = backoff_outside_river(fast_forwarded)
+    assert not wrong_backoff, "retries scheduled outside River's backoff:\n" + "\n".join(
+        wrong_backoff
+    )
 
     unsettled = [o for o in chaos.orphans if o.outcome is None]
     assert not unsettled, f"killed workers' jobs never claimed again: {unsettled}"

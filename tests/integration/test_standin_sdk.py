@@ -12,7 +12,7 @@ import stripe
 from stripe.params import PaymentIntentCreateParams
 
 from stripe_standin import StandinAdmin, StandinProcess
-from stripe_standin.client import card_declined, lose_response
+from stripe_standin.client import card_declined, create_then_5xx, lose_response
 
 API_KEY = "sk_test_integration4242"
 PARAMS: PaymentIntentCreateParams = {
@@ -136,7 +136,8 @@ def test_injected_errors_raise_the_sdk_exception_and_a_retry_succeeds(
     exception: type[stripe.StripeError],
     status: int,
 ) -> None:
-    admin.configure(**{setting: 1.0})
+    """A 429 never began executing; a 5xx is released only with save_5xx off."""
+    admin.configure(**{setting: 1.0, "save_5xx": False})
     key = _key()
     with pytest.raises(exception) as info:
         _create(client, key)
@@ -285,7 +286,12 @@ def test_stats_and_payment_intents_reflect_what_happened(
     stats = admin.stats()
     assert stats["requests"] == {
         "total": 4,
-        "by_route": {"POST /v1/payment_intents": 3, "GET /v1/payment_intents/:id": 1, "other": 0},
+        "by_route": {
+            "POST /v1/payment_intents": 3,
+            "GET /v1/payment_intents/:id": 1,
+            "GET /v1/payment_intents/search": 0,
+            "other": 0,
+        },
     }
     assert stats["responses"] == {"200": 3, "400": 1}
     assert (stats["payment_intents_created"], stats["idempotent_replays"]) == (1, 1)
@@ -294,8 +300,54 @@ def test_stats_and_payment_intents_reflect_what_happened(
         "fail_5xx": 0,
         "fail_429": 0,
         "lose_response": 0,
+        "create_then_5xx": 0,
         "scripted": 0,
     }
     (entry,) = admin.payment_intents()
     assert entry["idempotency_key"] == key
     assert entry["payment_intent"] == created.to_dict()
+
+
+def test_a_saved_500_is_replayed_to_the_sdk_with_its_header_while_the_intent_exists(
+    client: stripe.StripeClient, admin: StandinAdmin
+) -> None:
+    """Stripe's rule through the real SDK: the 500 of a create that began executing is
+    what every retry with the key gets, though the intent was made; search finds it."""
+    admin.script([create_then_5xx()])
+    key = _key()
+    answers = []
+    for _ in range(3):
+        with pytest.raises(stripe.APIError) as info:
+            _create(client, key)
+        answers.append(info.value)
+    assert [a.http_status for a in answers] == [500, 500, 500]
+    assert [(a.headers or {}).get("idempotent-replayed") for a in answers] == [
+        None,
+        "true",
+        "true",
+    ]
+    (entry,) = admin.payment_intents()
+    found = client.v1.payment_intents.search({"query": "metadata['payment_id']:'42'"})
+    assert [i.id for i in found.data] == [entry["payment_intent"]["id"]]
+    assert found.data[0].client_secret == entry["payment_intent"]["client_secret"]
+    assert [k["status"] for k in admin.idempotency_keys() if k["key"] == key] == [500]
+    outcomes = [(r["idempotency_key"], r["outcome"], r["status"]) for r in admin.requests("42")]
+    assert outcomes == [
+        (key, "created", 500),
+        (key, "replay", 500),
+        (key, "replay", 500),
+        (None, "ok", 200),
+    ]
+
+
+def test_an_expired_key_makes_a_second_intent_through_the_sdk(
+    client: stripe.StripeClient, admin: StandinAdmin
+) -> None:
+    """What the worker must never let happen by itself: a forgotten key creates anew."""
+    key = _key()
+    first = _create(client, key)
+    assert admin.expire_keys(key=key) == 1
+    second = _create(client, key)
+    assert second.id != first.id
+    assert admin.expire_keys(older_than_seconds=0) == 1
+    assert [e["payment_intent"]["id"] for e in admin.payment_intents()] == [first.id, second.id]

@@ -101,9 +101,14 @@ def test_drop_happens_before_authentication_and_creates_nothing() -> None:
     assert len(app.idempotency) == 0
 
 
-@pytest.mark.parametrize(("fault", "status"), [("fail_5xx", 500), ("fail_429", 429)])
-def test_injected_errors_are_not_stored_so_the_retry_creates(fault: str, status: int) -> None:
-    app, _ = make_app(**{fault: 1.0})
+@pytest.mark.parametrize(
+    ("fault", "status", "settings"),
+    [("fail_5xx", 500, {"save_5xx": False}), ("fail_429", 429, {})],
+)
+def test_injected_errors_are_not_stored_so_the_retry_creates(
+    fault: str, status: int, settings: dict[str, Any]
+) -> None:
+    app, _ = make_app(**{fault: 1.0}, **settings)
     code, error = error_of(create(app))
     assert code == status
     assert error["type"] == ("api_error" if status == 500 else "invalid_request_error")
@@ -235,6 +240,7 @@ def test_retrieve_and_unknown_routes() -> None:
     assert by_route == {
         "POST /v1/payment_intents": 1,
         "GET /v1/payment_intents/:id": 2,
+        "GET /v1/payment_intents/search": 0,
         "other": 1,
     }
 
@@ -256,6 +262,9 @@ def test_admin_config_script_and_reset() -> None:
             "fail_5xx": 0.0,
             "fail_429": 0.0,
             "lose_response": 0.0,
+            "create_then_5xx": 0.0,
+            "save_5xx": True,
+            "search_lag_ms": 0,
             "seed": 1,
         },
     )
