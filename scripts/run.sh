@@ -115,8 +115,12 @@ admin_psql() { PGPASSWORD=${U_PASSWORD:-${PGPASSWORD:-}} psql "$U_SAFE" -XAtq -v
 WORKER_LOGIN_SQL="SELECT 1 FROM pg_roles WHERE rolname = 'payment_worker_app' AND rolcanlogin
   AND NOT rolsuper AND pg_has_role(oid, 'payment_worker', 'MEMBER')"
 if [[ $(admin_psql -c "$WORKER_LOGIN_SQL" 2>/dev/null) != 1 ]]; then
-  admin_psql -c "SELECT 1 FROM pg_roles WHERE rolname = 'payment_worker_app'" 2>/dev/null | grep -q 1 ||
+  if [[ $(admin_psql -c "SELECT 1 FROM pg_roles WHERE rolname = 'payment_worker_app'" 2>/dev/null) == 1 ]]; then
+    # There, but no longer in the group (a schema revert dropped and remade payment_worker).
+    admin_psql -c "GRANT payment_worker TO payment_worker_app" >/dev/null 2>&1 || true
+  else
     admin_psql -c "CREATE ROLE payment_worker_app LOGIN IN ROLE payment_worker" >/dev/null 2>&1 || true
+  fi
 fi
 if [[ $(admin_psql -c "$WORKER_LOGIN_SQL" 2>/dev/null) == 1 ]] &&
   env -u PGPASSWORD PGPASSFILE=/dev/null psql "$U_AS_WORKER" -XAtqw -c "SELECT 1" >/dev/null 2>&1; then
