@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ def idempotency_key(payment: Payment) -> str:
 
 
 class StripeGateway:
-    def __init__(self, settings: StripeSettings) -> None:
+    def __init__(self, settings: StripeSettings, stop: threading.Event | None = None) -> None:
         self._client = stripe.StripeClient(
             settings.api_key,
             base_addresses={"api": settings.api_base} if settings.api_base else {},
@@ -83,6 +84,8 @@ class StripeGateway:
             max_network_retries=0,
         )
         self._retries = settings.network_retries
+        # Set when the worker stops: a retry's pause is not waited out then.
+        self._stop = stop or threading.Event()
         self.last_duration = 0.0
 
     def create_payment_intent(self, payment: Payment) -> PaymentIntent:
@@ -105,7 +108,10 @@ class StripeGateway:
             except StripeFailure as failure:
                 if not failure.retry_now or retry >= self._retries:
                     raise
-            time.sleep(_RETRY_WAITS[min(retry, len(_RETRY_WAITS) - 1)])
+                # A stopping worker gives the failure to the queue at once rather
+                # than pause: the job is retried after its backoff, with this key.
+                if self._stop.wait(_RETRY_WAITS[min(retry, len(_RETRY_WAITS) - 1)]):
+                    raise
             retry += 1
 
     def _create_once(self, payment: Payment, params: PaymentIntentCreateParams) -> PaymentIntent:
