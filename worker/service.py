@@ -35,6 +35,7 @@ log = logging.getLogger("worker")
 # watchdog dumps every thread's stack and ends it). supervisord's stopwaitsecs (40)
 # and the Kubernetes grace period (50) are above it; tests check they stay so.
 STOP_JOBS_SECONDS = 20.0
+STOP_LOOPS_SECONDS = 2.0  # the loops see the stop within a second unless stuck
 STOP_CLOSE_SECONDS = 3.0
 STOP_BOUND_SECONDS = 30.0
 
@@ -287,8 +288,9 @@ class Worker:
         )
         self.stop.set()
         self.wake.set()
+        loops_deadline = min(deadline, time.monotonic() + STOP_LOOPS_SECONDS)
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, loops_deadline - time.monotonic()))
         stuck = [t.name for t in threads if t.is_alive()]
         drained = self.producer.drain(deadline - time.monotonic())
         self.producer.shutdown()
