@@ -76,6 +76,9 @@ class Producer:
                 log.warning("cannot claim: database unavailable", extra={"error": str(exc)})
                 self._stop.wait(min(self._poll_interval, 1.0))
                 self._wake.set()
+            except psycopg.Error:
+                log.exception("claiming jobs failed; retrying at the next wake-up")
+                self._stop.wait(self._poll_interval)
             # Anything else is a bug: it ends the loop, and the worker's supervision
             # ends the process (supervisord restarts it) rather than retrying blindly.
 

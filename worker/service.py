@@ -8,9 +8,11 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import FrameType
 
@@ -46,7 +48,7 @@ EXIT_JOBS_ABANDONED = 1
 
 
 class StopRequest:
-    """How the main thread learns it must stop: a byte on a pipe.
+    """How the main thread learns it must stop: a byte on a socket pair.
 
     A signal writes it through `signal.set_wakeup_fd`, from the interpreter's C
     handler; the Python handler only records the signal number. Nothing on the
@@ -55,15 +57,18 @@ class StopRequest:
     threads (a failed loop, a test) write the byte themselves."""
 
     def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
         self._requested = False
         self.signum = 0
+        # Closed when collected (a Worker of a test), or by close().
+        self.close = weakref.finalize(self, _close_all, self._read, self._write)
 
     def install(self) -> None:
         """SIGTERM and SIGINT request the stop; main thread only."""
-        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        _INSTALLED.append(self)  # the signals' wake-up socket must outlive every signal
+        signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
 
@@ -72,9 +77,9 @@ class StopRequest:
 
     def request(self) -> None:
         """From any thread."""
-        # A full pipe holds wake-ups enough already.
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._write, b"\0")
+        # A full buffer holds wake-ups enough already; a closed one has no one waiting.
+        with contextlib.suppress(OSError):
+            self._write.send(b"\0")
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once a stop was requested (now or before); False after `timeout`."""
@@ -82,13 +87,21 @@ class StopRequest:
             readable, _, _ = select.select([self._read], [], [], timeout)
             if readable:
                 with contextlib.suppress(BlockingIOError):
-                    while os.read(self._read, 512):
+                    while self._read.recv(512):
                         pass
                 self._requested = True
         return self._requested
 
     def is_set(self) -> bool:
         return self.wait(0)
+
+
+_INSTALLED: list[StopRequest] = []
+
+
+def _close_all(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 class StartupError(RuntimeError):
