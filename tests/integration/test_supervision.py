@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from stripe_standin.client import api_error
@@ -26,7 +27,7 @@ from tests.integration.waiting import wait_until
 from worker import service
 from worker.models import Payment
 from worker.service import EXIT_JOBS_ABANDONED, EXIT_LOOP_FAILED, Worker
-from worker.store import DedicatedConnection
+from worker.store import DedicatedConnection, NotificationConnection
 from worker.stripe_gateway import StripeFailure, StripeGateway, StripeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,26 +287,38 @@ def _payment() -> Payment:
 # --- dead sessions -------------------------------------------------------------------------
 
 
+SERVER_SETTINGS = (
+    "SELECT current_setting('tcp_keepalives_idle') AS idle,"
+    " current_setting('tcp_keepalives_interval') AS interval,"
+    " current_setting('tcp_keepalives_count') AS count,"
+    " current_setting('tcp_user_timeout') AS user_timeout,"
+    " current_setting('client_connection_check_interval') AS check"
+)
+DEAD_CLIENT_SETTINGS = {
+    "idle": "5",
+    "interval": "2",
+    "count": "3",
+    "user_timeout": "10000",
+    "check": "2s",
+}
+
+
 def test_dedicated_connections_have_the_server_drop_a_dead_client(database_url: str) -> None:
     connection = DedicatedConnection(database_url, "payment-worker test-settings")
     try:
-        [row] = connection.execute(
-            "SELECT current_setting('tcp_keepalives_idle') AS idle,"
-            " current_setting('tcp_keepalives_interval') AS interval,"
-            " current_setting('tcp_keepalives_count') AS count,"
-            " current_setting('tcp_user_timeout') AS user_timeout,"
-            " current_setting('client_connection_check_interval') AS check",
-            {},
-        )
+        [row] = connection.execute(SERVER_SETTINGS, {})
     finally:
         connection.close()
-    assert row == {
-        "idle": "5",
-        "interval": "2",
-        "count": "3",
-        "user_timeout": "10000",
-        "check": "2s",
-    }
+    assert row == DEAD_CLIENT_SETTINGS
+    # The listener's session, read on its own connection (it runs nothing but LISTEN).
+    notifications = NotificationConnection(database_url)
+    try:
+        assert notifications.ensure()
+        assert notifications._conn is not None
+        cur = notifications._conn.cursor(row_factory=dict_row)
+        assert cur.execute(SERVER_SETTINGS).fetchone() == DEAD_CLIENT_SETTINGS
+    finally:
+        notifications.close()
 
 
 # A worker whose host vanished mid-statement: the client side is gone, the backend keeps
@@ -313,7 +326,7 @@ def test_dedicated_connections_have_the_server_drop_a_dead_client(database_url: 
 # when the statement ends (here after 60 s) and its session, with what it holds, stays.
 HOLDER = """
 import sys
-from worker.store import DedicatedConnection
+from worker.store import DedicatedConnection, NotificationConnection
 DedicatedConnection(sys.argv[1], "payment-worker test-vanished").execute(
     "SELECT pg_sleep(60)", {}
 )
