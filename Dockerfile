@@ -4,8 +4,9 @@
 #   docker run --rm -e DATABASE_URL=postgresql://... -e STRIPE_API_KEY=sk_test_... \
 #       [-e RIVER_WORKER_COUNT=4] payment-worker
 #
-# tini is PID 1: it hands SIGTERM to supervisord, which stops the workers (each finishes
-# the jobs in hand: stopwaitsecs=40, so stop with a grace period above that, e.g.
+# tini is PID 1: it hands SIGTERM to supervisord, which stops the workers (each gives the
+# jobs in hand 20 s and exits within 30 s, leaving unfinished ones to be rescued;
+# supervisord's stopwaitsecs=40, so stop with a grace period above that, e.g.
 # `docker stop -t 45`), and it reaps orphaned processes. Every log line goes to stdout.
 #
 # The base image is pinned by digest, so a rebuild gets the same bytes until this line is

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -70,13 +71,42 @@ def build_registry(reader: DatabaseReader, multiproc_dir: Path | None) -> Collec
     return registry
 
 
+def _samples(multiproc_dir: Path, name: str) -> list[tuple[dict[str, str], float]]:
+    collector = MultiProcessCollector(None, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
+    for metric in collector.collect():  # type: ignore[no-untyped-call]
+        if metric.name == name:
+            return [(dict(sample.labels), sample.value) for sample in metric.samples]
+    return []
+
+
 def latest_heartbeat(multiproc_dir: Path | None) -> float | None:
     """The newest heartbeat of any live worker, from the multiprocess files."""
     if multiproc_dir is None:
         return None
-    collector = MultiProcessCollector(None, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
-    for metric in collector.collect():  # type: ignore[no-untyped-call]
-        if metric.name == PREFIX + "heartbeat_timestamp_seconds":
-            values = [sample.value for sample in metric.samples]
-            return max(values) if values else None
-    return None
+    values = [value for _, value in _samples(multiproc_dir, PREFIX + "heartbeat_timestamp_seconds")]
+    return max(values) if values else None
+
+
+@dataclass(frozen=True)
+class StalledLoop:
+    pid: str
+    loop: str
+    age_seconds: float
+
+    def __str__(self) -> str:
+        return f"worker pid {self.pid}: {self.loop} loop silent for {self.age_seconds:.0f} s"
+
+
+def stalled_loops(multiproc_dir: Path | None, max_age: float, now: float) -> list[StalledLoop]:
+    """The loops of live workers whose last beat is older than `max_age`.
+
+    A loop at 0 has ended because its worker is stopping, which is no hang.
+    Dead workers' series are gone: the reaper removes their live gauges."""
+    if multiproc_dir is None:
+        return []
+    stalled = [
+        StalledLoop(labels.get("pid", "?"), labels.get("loop", "?"), now - beat)
+        for labels, beat in _samples(multiproc_dir, PREFIX + "loop_heartbeat_timestamp_seconds")
+        if beat > 0 and now - beat > max_age
+    ]
+    return sorted(stalled, key=lambda s: (s.pid, s.loop))

@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import psycopg
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from metrics.collectors import latest_heartbeat
+from metrics.collectors import latest_heartbeat, stalled_loops
 from metrics.database import DatabaseReader
 
 StartResponse = Callable[..., Any]
@@ -44,7 +44,8 @@ class ExporterApp:
         return [b"not found: try /metrics or /healthz\n"]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy when the database answers and a worker showed life recently."""
+        """Healthy when the database answers, a worker showed life recently, and
+        no live worker has a loop that stopped going round."""
         report: dict[str, Any] = {}
         try:
             self._reader.ping()
@@ -58,7 +59,10 @@ class ExporterApp:
             age = time.time() - beat
             report["last_worker_heartbeat_age_seconds"] = round(age, 3)
             report["workers"] = "ok" if age <= self._heartbeat_max_age else "silent"
-        return report["database"] == "ok" and report["workers"] == "ok", report
+        stalled = stalled_loops(self._multiproc_dir, self._heartbeat_max_age, time.time())
+        report["loops"] = [str(loop) for loop in stalled] if stalled else "ok"
+        healthy = report["database"] == "ok" and report["workers"] == "ok" and not stalled
+        return healthy, report
 
     def _health(self, start_response: StartResponse) -> Iterable[bytes]:
         healthy, report = self.health()

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
-from types import FrameType
 
 from common import jsonlog as logs
 from worker.config import Config, ConfigError
 from worker.service import (
+    STOP_CLOSE_SECONDS,
     StartupError,
+    StopRequest,
     Worker,
     database_password,
-    install_signal_handlers,
+    flush_and_exit,
     open_pool,
 )
 from worker.supervisor_rpc import stop_self
@@ -41,13 +41,9 @@ def main() -> int:
     logs.configure(config.log_level, secrets=[config.stripe_api_key, database_password(config)])
     log = logging.getLogger("worker")
 
-    stop = threading.Event()
-
-    def stop_waiting(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, stop_waiting)
-    signal.signal(signal.SIGINT, stop_waiting)
+    # From here on, SIGTERM/SIGINT only set a flag and wake the main thread.
+    stop = StopRequest()
+    stop.install()
     try:
         pool = open_pool(config, stop)
     except StartupError as exc:
@@ -55,13 +51,16 @@ def main() -> int:
         return 0
     try:
         worker = Worker(config, pool, stop)
-        install_signal_handlers(worker)
-        worker.run()
     except StartupError as exc:
+        pool.close(timeout=STOP_CLOSE_SECONDS)
         return refuse(log, f"cannot start: {exc}")
-    finally:
-        pool.close()
-    return 0
+    status = worker.run(watchdog=True)
+    pool.close(timeout=STOP_CLOSE_SECONDS)
+    if status != 0:
+        # Threads may still be in a job or a statement: the interpreter's own
+        # exit would wait for them.
+        flush_and_exit(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import time
 
 import psycopg
 
+from worker import telemetry
 from worker.store import NotificationConnection
 
 log = logging.getLogger("worker.listener")
@@ -42,6 +43,7 @@ class InsertListener:
         """Listens until `stop`; on a lost connection reconnects and wakes a catch-up claim."""
         delay = 0.1
         while not self._stop.is_set():
+            telemetry.loop_beat("listener")
             try:
                 self.run_once()
                 delay = 0.1

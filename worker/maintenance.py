@@ -58,6 +58,7 @@ class Leadership:
 
     def run(self) -> None:
         while True:
+            telemetry.loop_beat("leadership")
             try:
                 self.run_once()
             except psycopg.Error:
@@ -108,7 +109,16 @@ class LeaderLoop(ABC):
         self._batch = batch
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        # Woken at least every BEAT_INTERVAL to report that the loop is alive,
+        # however long its own interval (the cleaner's is a minute).
+        due = time.monotonic() + self.interval
+        while True:
+            telemetry.loop_beat(self.name)
+            if self._stop.wait(min(telemetry.BEAT_INTERVAL, max(0.0, due - time.monotonic()))):
+                return
+            if time.monotonic() < due:
+                continue
+            due = time.monotonic() + self.interval
             if not self._leadership.held:
                 continue
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -48,13 +49,21 @@ class Producer:
         self._idle = threading.Condition(self._lock)
 
     def run(self) -> None:
-        """Until `stop`: wait to be woken, claim. Then finish the jobs in hand."""
+        """Until `stop`: wait to be woken, claim. The jobs in hand are the
+        caller's to wait for (`drain`), with a time limit."""
+        due = time.monotonic() + self._poll_interval
         while not self._stop.is_set():
             telemetry.beat()
-            self._wake.wait(self._poll_interval)
+            telemetry.loop_beat("producer")
+            # Woken at least every BEAT_INTERVAL to report that the loop is
+            # alive; a catch-up claim only every poll_interval.
+            pause = min(telemetry.BEAT_INTERVAL, max(0.0, due - time.monotonic()))
+            if not self._wake.wait(pause) and time.monotonic() < due:
+                continue
             # Cleared before claiming: a NOTIFY that lands during the claim
             # sets it again and earns another claim, so none is lost.
             self._wake.clear()
+            due = time.monotonic() + self._poll_interval
             if self._stop.is_set():
                 break
             try:
@@ -67,11 +76,11 @@ class Producer:
                 log.warning("cannot claim: database unavailable", extra={"error": str(exc)})
                 self._stop.wait(min(self._poll_interval, 1.0))
                 self._wake.set()
-            except Exception:
+            except psycopg.Error:
                 log.exception("claiming jobs failed; retrying at the next wake-up")
                 self._stop.wait(self._poll_interval)
-        self.drain()
-        self._threads.shutdown(wait=True)
+            # Anything else is a bug: it ends the loop, and the worker's supervision
+            # ends the process (supervisord restarts it) rather than retrying blindly.
 
     def run_once(self) -> int:
         """Claims as many jobs as there are free slots and starts them; returns how many."""
@@ -86,10 +95,21 @@ class Producer:
             self._threads.submit(self._execute, job)
         return len(jobs)
 
-    def drain(self, timeout: float | None = None) -> bool:
-        """Waits until no job is in flight; False on timeout."""
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def drain(self, timeout: float) -> bool:
+        """Waits until no job is in flight, at most `timeout` seconds; False if
+        some still are."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+            return self._idle.wait_for(lambda: self._in_flight == 0, max(0.0, timeout))
+
+    def shutdown(self) -> None:
+        """Lets the job threads go without waiting for them: a job still in
+        hand after `drain` is left to end with the process (its lease with it)."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     def _execute(self, job: Job) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,14 +22,47 @@ from worker.queries import QUERIES as Q
 LEADER_TTL_SECONDS = 10.0
 
 # Notice a dead peer within about 10 s instead of TCP's minutes: keepalive
-# probes on an idle socket, and a bound on unacknowledged writes.
-KEEPALIVE_PARAMS: dict[str, Any] = {
+# probes on an idle socket, and a bound on unacknowledged writes. A server that
+# does not answer at all fails the connection attempt after connect_timeout.
+# Every connection the worker opens uses these (the pool's too).
+CONNECTION_PARAMS: dict[str, Any] = {
+    "connect_timeout": 5,
     "keepalives": 1,
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,
 }
+KEEPALIVE_PARAMS = CONNECTION_PARAMS  # its former name, still used by bench/
+
+# The same bounds on the server's side of the dedicated connections (see
+# session_set_dead_client_detection), plus how often a backend running a
+# statement checks that its client is still there (ms).
+SERVER_DEAD_CLIENT_PARAMS: dict[str, str] = {
+    "idle": "5",
+    "interval": "2",
+    "count": "3",
+    "user_timeout": "10000",
+    "check_interval": "2000",
+}
+
+
+def _connect(conninfo: str, application_name: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A dedicated connection: its session is what holds something, so the
+    server is told to end it soon after its worker is gone."""
+    conn: psycopg.Connection[Any] = psycopg.connect(
+        conninfo,
+        autocommit=True,
+        application_name=application_name,
+        **CONNECTION_PARAMS,
+        **kwargs,
+    )
+    try:
+        conn.execute(Q["session_set_dead_client_detection"], SERVER_DEAD_CLIENT_PARAMS)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class DedicatedConnection:
@@ -45,21 +79,23 @@ class DedicatedConnection:
         self._lock = threading.Lock()
 
     def execute(
-        self, query: Any, params: dict[str, Any], *, connect: bool = True
+        self,
+        query: Any,
+        params: dict[str, Any],
+        *,
+        connect: bool = True,
+        wait: float | None = None,
     ) -> list[dict[str, Any]]:
         """Runs one autocommit statement and returns its rows; with `connect`
-        false, only on a session already open (else nothing runs)."""
-        with self._lock:
+        false, only on a session already open (else nothing runs). With `wait`,
+        raises TimeoutError if another statement holds the session that long."""
+        if not self._lock.acquire(timeout=-1 if wait is None else max(0.0, wait)):
+            raise TimeoutError(f"{self._application_name}: a statement still runs")
+        try:
             if self._conn is None or self._conn.closed:
                 if not connect:
                     return []
-                conn = psycopg.connect(
-                    self._conninfo,
-                    autocommit=True,
-                    row_factory=dict_row,
-                    application_name=self._application_name,
-                    **KEEPALIVE_PARAMS,
-                )
+                conn = _connect(self._conninfo, self._application_name, row_factory=dict_row)
                 if not self._synchronous_commit:
                     try:
                         conn.execute(Q["session_asynchronous_commit"])
@@ -73,10 +109,20 @@ class DedicatedConnection:
             except psycopg.OperationalError:
                 self._close()
                 raise
+        finally:
+            self._lock.release()
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, timeout: float | None = None) -> bool:
+        """Ends the session. With `timeout`, gives up after that long if a
+        statement still holds it (say, stuck on a lock) and returns False: the
+        session then ends with the process, and what it holds with it."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False
+        try:
             self._close()
+        finally:
+            self._lock.release()
+        return True
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -98,13 +144,13 @@ class NotificationConnection:
         """Connects and LISTENs unless already done; True when it (re)connected."""
         if self._conn is not None and not self._conn.closed:
             return False
-        self._conn = psycopg.connect(
-            self._conninfo,
-            autocommit=True,
-            application_name="payment-worker listener",
-            **KEEPALIVE_PARAMS,
-        )
-        self._conn.execute(Q["listen_insert"])
+        conn = _connect(self._conninfo, "payment-worker listener")
+        try:
+            conn.execute(Q["listen_insert"])
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
         return True
 
     def payloads(self, timeout: float) -> Iterator[str]:
@@ -141,15 +187,23 @@ class Store:
         )
         self._leader = DedicatedConnection(conninfo, "payment-worker leader")
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> bool:
         """Gives up the leadership, then closes the dedicated connections: every
-        lease and the leadership end with their sessions anyway."""
+        lease and the leadership end with their sessions anyway.
+
+        With `timeout`, takes at most about that long in all, and returns False
+        if a statement stuck on either connection kept it from closing."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
         # A failure needs no handling: the session is ending, and the next
         # election sees it gone.
-        with contextlib.suppress(psycopg.Error):
-            self._leader.execute(Q["leader_resign"], {}, connect=False)
-        self._leases.close()
-        self._leader.close()
+        with contextlib.suppress(psycopg.Error, TimeoutError):
+            self._leader.execute(Q["leader_resign"], {}, connect=False, wait=left())
+        leases = self._leases.close(left())
+        return self._leader.close(left()) and leases
 
     def config_get(self) -> QueueSettings:
         with self._pool.connection() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,7 +103,7 @@ def key_generation(first_attempt: datetime, now: datetime) -> int:
 
 
 class StripeGateway:
-    def __init__(self, settings: StripeSettings) -> None:
+    def __init__(self, settings: StripeSettings, stop: threading.Event | None = None) -> None:
         self._client = stripe.StripeClient(
             settings.api_key,
             base_addresses={"api": settings.api_base} if settings.api_base else {},
@@ -114,6 +115,8 @@ class StripeGateway:
             max_network_retries=0,
         )
         self._retries = settings.network_retries
+        # Set when the worker stops: a retry's pause is not waited out then.
+        self._stop = stop or threading.Event()
         self.last_duration = 0.0
 
     def create_payment_intent(self, payment: Payment, generation: int = 0) -> PaymentIntent:
@@ -136,7 +139,10 @@ class StripeGateway:
             except StripeFailure as failure:
                 if not failure.retry_now or retry >= self._retries:
                     raise
-            time.sleep(_RETRY_WAITS[min(retry, len(_RETRY_WAITS) - 1)])
+                # A stopping worker gives the failure to the queue at once rather
+                # than pause: the job is retried after its backoff, with this key.
+                if self._stop.wait(_RETRY_WAITS[min(retry, len(_RETRY_WAITS) - 1)]):
+                    raise
             retry += 1
 
     def find_payment_intents(self, payment: Payment) -> list[FoundIntent]:

@@ -53,5 +53,28 @@ HEARTBEAT = Gauge(
 )
 
 
+# One series per loop and live process (the exporter adds `pid`): a loop that stops
+# going round, stuck or dead, shows as its own stale timestamp while the others
+# keep beating. 0 means the loop ended because the worker is stopping.
+LOOP_HEARTBEAT = Gauge(
+    PREFIX + "loop_heartbeat_timestamp_seconds",
+    "Last time each background loop of a live worker went round (unix time; 0 once ended).",
+    ["loop"],
+    multiprocess_mode="liveall",
+)
+
+# How often every loop beats at least, however long its own interval: well
+# inside METRICS_HEARTBEAT_MAX_AGE.
+BEAT_INTERVAL = 1.0
+
+
 def beat() -> None:
     HEARTBEAT.set(time.time())
+
+
+def loop_beat(loop: str) -> None:
+    LOOP_HEARTBEAT.labels(loop).set(time.time())
+
+
+def loop_ended(loop: str) -> None:
+    LOOP_HEARTBEAT.labels(loop).set(0)

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -212,7 +211,15 @@ def test_without_river_worker_count_one_worker_runs(
     sup = start_supervisord(env, bare=True)
     running = sup.wait_workers_running(1)
     assert list(running) == ["worker-00"]
-    time.sleep(1.2)  # longer than startsecs: a second worker would be RUNNING by now
+    # The sentinel: workers (autostart=false) are started only by the scaler, which
+    # wait_workers_running saw EXITED, and supervisord logs each spawn as it happens.
+    # No other worker can start from here on, and none has.
+    assert set(spawned_pids(sup).values()) == {
+        "worker-00",
+        "worker-scaler",
+        "metrics",
+        "metrics-reaper",
+    }
     started = {name for name, p in sup.workers().items() if p["statename"] != "STOPPED"}
     assert started == {"worker-00"}
     environ = Path(f"/proc/{running['worker-00']['pid']}/environ").read_bytes()
@@ -299,8 +306,15 @@ def test_bad_config_is_one_clear_json_line_without_secrets(
         30,
         lambda: f"worker-00 did not stay stopped:\n{sup.output()}",
     )
-    time.sleep(2)  # supervisord's retry would come within a second or two
-    assert sup.workers()["worker-00"]["statename"] == "STOPPED"
+    # No sleep to prove that no retry follows: supervisord restarts only a process that
+    # exited on its own (EXITED, BACKOFF), never one it stopped, as it stopped this one at
+    # the worker's request. Its "stopped:" line is the sentinel: from there the one spawn
+    # line below is final.
+    wait_until(
+        lambda: re.search(r"stopped: (worker:)?worker-00 \(exit status 78\)", sup.output()),
+        10,
+        lambda: f"no stopped line:\n{sup.output()}",
+    )
     worker_pids = [pid for pid, name in spawned_pids(sup).items() if name == "worker-00"]
     assert len(worker_pids) == 1, sup.output()
     for pid in worker_pids:

@@ -38,6 +38,8 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "payment_worker_jobs_rescued_total": (COUNTER, frozenset({"queue"})),
     "payment_worker_workers_up": (GAUGE, frozenset()),
     "payment_worker_heartbeat_timestamp_seconds": (GAUGE, frozenset()),
+    # pid: the exporter's, one series per live worker process (multiprocess mode liveall).
+    "payment_worker_loop_heartbeat_timestamp_seconds": (GAUGE, frozenset({"loop", "pid"})),
 }
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every series
 SCRAPE_JOB = "payment-worker"

@@ -36,6 +36,7 @@ EXPECTED_ALERTS = {
     "OldestAvailableJobTooOld",
     "StripeErrorRateHigh",
     "WorkerDown",
+    "WorkerLoopStalled",
     "JobsDiscarded",
     "PaymentLatencyP99High",
 }

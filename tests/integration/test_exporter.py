@@ -108,7 +108,11 @@ def test_oldest_age_is_zero_when_nothing_waits(exporter: str) -> None:
 def test_health_needs_a_live_worker(exporter: str, tmp_path: Path) -> None:
     status, body = get(exporter + "/healthz")
     assert status == 503
-    assert json.loads(body) == {"database": "ok", "workers": "no live worker has reported"}
+    assert json.loads(body) == {
+        "database": "ok",
+        "workers": "no live worker has reported",
+        "loops": "ok",
+    }
     run_worker_like(tmp_path)
     status, body = get(exporter + "/healthz")
     assert status == 200, body

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from supervisor.options import ServerOptions
 
+from worker import service
 from worker.scaler import GROUP, MAX_WORKERS
 
 CONF = Path(__file__).resolve().parents[2] / "supervisord.conf"
@@ -35,10 +36,17 @@ def test_workers_are_numbered_and_started_by_the_scaler(groups: dict[str, object
     assert scaler.command == "python -m worker.scaler"
 
 
-def test_workers_get_time_to_finish_the_job_in_hand(groups: dict[str, object]) -> None:
+def test_workers_exit_on_their_own_before_supervisord_would_kill_them(
+    groups: dict[str, object],
+) -> None:
     worker = groups[GROUP].process_configs[0]  # type: ignore[attr-defined]
     assert worker.stopsignal == 15
-    assert worker.stopwaitsecs > 30  # above STRIPE_READ_TIMEOUT's default
+    # The stop path's own limits add up to less than the watchdog's bound, which leaves
+    # supervisord's SIGKILL a margin (the Kubernetes grace period is checked against
+    # stopwaitsecs in tests/deploy).
+    own = service.STOP_JOBS_SECONDS + service.STOP_CLOSE_SECONDS + service.STOP_CLOSE_SECONDS
+    assert own < service.STOP_BOUND_SECONDS
+    assert worker.stopwaitsecs >= service.STOP_BOUND_SECONDS + 5
     assert worker.stdout_logfile == "/dev/stdout"
 
 
