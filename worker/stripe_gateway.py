@@ -217,15 +217,21 @@ class StripeGateway:
 
 
 def _failure(exc: stripe.StripeError) -> StripeFailure:
-    permanent = isinstance(exc, _PERMANENT)
+    status = exc.http_status or 0
+    # A 409 is a conflict with a request still running (idempotency_key_in_use: a
+    # rescued attempt meeting its predecessor's request at Stripe, say): retried, never
+    # final, whichever class the SDK gives it (APIError today; an IdempotencyError, its
+    # type being idempotency_error, would be). Only a 400 idempotency_error, the key
+    # reused with other parameters, is final.
+    permanent = isinstance(exc, _PERMANENT) and status != 409
     should_retry = (exc.headers or {}).get("stripe-should-retry")
     if should_retry == "false":
         permanent = True
     elif should_retry == "true":
         permanent = False
-    status = exc.http_status or 0
     retry_now = isinstance(exc, stripe.APIConnectionError) or (
-        isinstance(exc, stripe.APIError) and (status == 409 or status >= 500)
+        isinstance(exc, (stripe.APIError, stripe.IdempotencyError))
+        and (status == 409 or status >= 500)
     )
     if should_retry is not None:
         retry_now = should_retry == "true"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -532,3 +534,36 @@ def test_the_backoff_counts_errors_not_attempts(
     assert len(row["errors"]) == 2
     assert before + timedelta(seconds=0.9 * 16) <= row["scheduled_at"]
     assert row["scheduled_at"] <= after + timedelta(seconds=1.1 * 16)
+
+
+def test_a_request_still_running_at_stripe_makes_the_job_retry_not_fail(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    gateway: StripeGateway,
+    standin: StandinProcess,
+) -> None:
+    """A rescued attempt can meet its predecessor's request still running at Stripe,
+    which answers 409 idempotency_key_in_use: a conflict to retry, not a refusal."""
+    payment_id = insert_payment(conn, currency=CONFIGURED)
+    job = claim(store, "test-worker")
+    payment = store.job_payment_get(job)
+    assert payment is not None
+    standin.admin.configure(latency_ms=3000)
+    predecessor = threading.Thread(target=gateway.create_payment_intent, args=(payment,))
+    predecessor.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(k["status"] is None for k in standin.admin.idempotency_keys()):
+            assert time.monotonic() < deadline, "the first request never reached the stand-in"
+            time.sleep(0.01)
+
+        executor.execute(job)
+
+        row = job_row(conn, job.id)
+        assert row["state"] == "retryable"
+        assert "another in-progress request" in row["errors"][0]["error"]
+        assert payment_row(conn, payment_id)["status"] == "pending_intent"
+    finally:
+        predecessor.join(timeout=10)
+    assert len(standin.admin.intents_with_metadata("payment_id", str(payment_id))) == 1

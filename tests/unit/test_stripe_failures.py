@@ -18,7 +18,9 @@ from worker.stripe_gateway import _failure, idempotency_key
         (stripe.InvalidRequestError("Amount must be at least 50", "amount"), True),
         (stripe.AuthenticationError("Invalid API Key provided"), True),
         (stripe.PermissionError("not allowed"), True),
-        (stripe.IdempotencyError("Keys for idempotent requests"), True),
+        (stripe.IdempotencyError("Keys for idempotent requests", http_status=400), True),
+        # idempotency_key_in_use: another request with the key is still running.
+        (stripe.IdempotencyError("another in-progress request", http_status=409), False),
         (stripe.APIConnectionError("connection reset"), False),
         (stripe.RateLimitError("Too many requests"), False),
         (stripe.APIError("internal error", http_status=500), False),
