@@ -94,6 +94,15 @@ def claim(store: Store, worker: str = "w") -> Job:
     return jobs[0]
 
 
+def make_due_and_claim(conn: psycopg.Connection, store: Store, job_id: int) -> Job:
+    """The job's retry made due now and claimed, as the scheduler would after the backoff."""
+    conn.execute("UPDATE metadata.river_job SET scheduled_at = now() WHERE id = %s", (job_id,))
+    assert store.job_schedule_due(10) == 1
+    job = claim(store, "test-worker")
+    assert job.id == job_id
+    return job
+
+
 def set_queue(conn: psycopg.Connection, queue: str) -> None:
     """Points payments.config, and so every worker function, at another queue."""
     conn.execute("UPDATE payments.config SET queue = %s", (queue,))

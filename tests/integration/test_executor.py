@@ -30,6 +30,7 @@ from tests.integration.rows import (
     db_now,
     insert_payment,
     job_row,
+    make_due_and_claim,
     payment_row,
 )
 from worker import handlers
@@ -42,15 +43,6 @@ from worker.stripe_gateway import StripeGateway, StripeSettings
 
 CREATE_ROUTE = "POST /v1/payment_intents"
 ERROR_KEYS = {"at", "attempt", "error", "trace"}
-
-
-def make_due_and_claim(conn: psycopg.Connection, store: Store, job_id: int) -> Job:
-    """What the scheduler does once the retry delay is over, without waiting for it."""
-    conn.execute("UPDATE metadata.river_job SET scheduled_at = now() WHERE id = %s", (job_id,))
-    assert store.job_schedule_due(10) == 1
-    job = claim(store, "test-worker")
-    assert job.id == job_id
-    return job
 
 
 def creates(standin: StandinProcess) -> int:

@@ -21,13 +21,13 @@ from tests.integration.rows import (
     insert_payment,
     job_id_of,
     job_row,
+    make_due_and_claim,
     payment_row,
 )
 from worker import handlers
 from worker.executor import JobExecutor
 from worker.handlers import caller_reason
 from worker.jobs import Kinds
-from worker.models import Job
 from worker.store import Store
 from worker.stripe_gateway import StripeGateway, StripeSettings
 
@@ -54,15 +54,6 @@ def intents_of(standin: StandinProcess, payment_id: UUID) -> list[dict[str, Any]
         for e in standin.admin.payment_intents()
         if e["payment_intent"]["metadata"].get("payment_id") == str(payment_id)
     ]
-
-
-def next_attempt(conn: psycopg.Connection, store: Store, job_id: int) -> Job:
-    """The job's retry made due now and claimed, as the scheduler would after the backoff."""
-    conn.execute("UPDATE metadata.river_job SET scheduled_at = now() WHERE id = %s", (job_id,))
-    assert store.job_schedule_due(10) == 1
-    job = claim(store, "test-worker")
-    assert job.id == job_id
-    return job
 
 
 def first_attempt_hours_ago(conn: psycopg.Connection, job_id: int, hours: float) -> None:
@@ -93,7 +84,7 @@ def test_a_saved_500_replayed_while_the_intent_exists_is_adopted(
     assert job_row(conn, job.id)["state"] == "retryable"
     (made,) = intents_of(standin, payment_id)
 
-    executor.execute(next_attempt(conn, store, job.id))
+    executor.execute(make_due_and_claim(conn, store, job.id))
 
     assert job_row(conn, job.id)["state"] == "completed"
     assert stored_intent(conn, payment_id) == ("pending", made["payment_intent"]["id"])
@@ -138,7 +129,7 @@ def test_a_saved_500_and_no_intent_creates_one_under_the_next_key(
     job = claim(store, "test-worker")
     executor.execute(job)
 
-    executor.execute(next_attempt(conn, store, job.id))
+    executor.execute(make_due_and_claim(conn, store, job.id))
 
     assert job_row(conn, job.id)["state"] == "completed"
     (made,) = intents_of(standin, payment_id)
@@ -162,10 +153,10 @@ def test_while_search_lags_the_next_key_is_the_same_so_stripe_replays_it(
     standin.admin.script([api_error(), lose_response()])
     job = claim(store, "test-worker")
     executor.execute(job)  # 500 saved on the first key
-    executor.execute(next_attempt(conn, store, job.id))  # next key: made, answer lost
+    executor.execute(make_due_and_claim(conn, store, job.id))  # next key: made, answer lost
     assert job_row(conn, job.id)["state"] == "retryable"
 
-    executor.execute(next_attempt(conn, store, job.id))
+    executor.execute(make_due_and_claim(conn, store, job.id))
 
     (made,) = intents_of(standin, payment_id)
     assert made["idempotency_key"] == key_of(payment_id, 1)
@@ -189,7 +180,7 @@ def test_a_first_attempt_24_h_old_adopts_the_intent_without_a_create(
     assert standin.admin.expire_keys(older_than_seconds=0) == 1
     first_attempt_hours_ago(conn, job.id, 25)
 
-    executor.execute(next_attempt(conn, store, job.id))
+    executor.execute(make_due_and_claim(conn, store, job.id))
 
     (made,) = intents_of(standin, payment_id)
     assert stored_intent(conn, payment_id) == ("pending", made["payment_intent"]["id"])
