@@ -122,7 +122,7 @@ class Ours:
         from worker.maintenance import Cleaner, Leadership, Rescuer, Scheduler
         from worker.models import Job
         from worker.producer import Producer
-        from worker.store import KEEPALIVE_PARAMS, Store
+        from worker.store import CONNECTION_PARAMS, Store
 
         from common import jsonlog
 
@@ -143,7 +143,7 @@ class Ours:
             kwargs={
                 "autocommit": True,
                 "application_name": f"payment-worker {worker_id}",
-                **KEEPALIVE_PARAMS,
+                **CONNECTION_PARAMS,
             },
             check=ConnectionPool.check_connection,
             name="worker",

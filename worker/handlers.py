@@ -64,8 +64,6 @@ class JobFailure(jobs.JobFailure):
             context=_log_context(payment_id, request_id),
         )
         self.payment_id = payment_id
-        self.request_id = request_id
-        self.public_message = public_message
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ class LeaderLoop(ABC):
         due = time.monotonic() + self.interval
         while True:
             telemetry.loop_beat(self.name)
-            if self._stop.wait(min(telemetry.BEAT_INTERVAL, max(0.0, due - time.monotonic()))):
+            if self._stop.wait(telemetry.beat_pause(due)):
                 return
             if time.monotonic() < due:
                 continue

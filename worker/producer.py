@@ -57,8 +57,7 @@ class Producer:
             telemetry.loop_beat("producer")
             # Woken at least every BEAT_INTERVAL to report that the loop is
             # alive; a catch-up claim only every poll_interval.
-            pause = min(telemetry.BEAT_INTERVAL, max(0.0, due - time.monotonic()))
-            if not self._wake.wait(pause) and time.monotonic() < due:
+            if not self._wake.wait(telemetry.beat_pause(due)) and time.monotonic() < due:
                 continue
             # Cleared before claiming: a NOTIFY that lands during the claim
             # sets it again and earns another claim, so none is lost.

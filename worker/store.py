@@ -33,7 +33,6 @@ CONNECTION_PARAMS: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,
 }
-KEEPALIVE_PARAMS = CONNECTION_PARAMS  # its former name, still used by bench/
 
 # The same bounds on the server's side of the dedicated connections (see
 # session_set_dead_client_detection), plus how often a backend running a

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -117,7 +119,6 @@ class StripeGateway:
         self._retries = settings.network_retries
         # Set when the worker stops: a retry's pause is not waited out then.
         self._stop = stop or threading.Event()
-        self.last_duration = 0.0
 
     def create_payment_intent(self, payment: Payment, generation: int = 0) -> PaymentIntent:
         """Creates the payment's intent, retrying a momentary fault at once.
@@ -151,21 +152,13 @@ class StripeGateway:
         dropped connection or a 5xx is asked again at once, once."""
         query = f"metadata['payment_id']:'{payment.id}'"
         for retry in range(2):
-            started = time.perf_counter()
-            outcome = "error"
             try:
-                result = self._client.v1.payment_intents.search({"query": query, "limit": 100})
-                outcome = "success"
-            except stripe.StripeError as exc:
-                telemetry.STRIPE_ERRORS.labels(type(exc).__name__).inc()
-                failure = _failure(exc)
+                with _measured("search_payment_intents"):
+                    result = self._client.v1.payment_intents.search({"query": query, "limit": 100})
+            except StripeFailure as failure:
                 if retry or not failure.retry_now:
-                    raise failure from exc
+                    raise
                 continue
-            finally:
-                telemetry.STRIPE_REQUEST_DURATION.labels("search_payment_intents", outcome).observe(
-                    time.perf_counter() - started
-                )
             request_id = result.last_response.request_id if result.last_response else None
             return [
                 FoundIntent(
@@ -186,20 +179,9 @@ class StripeGateway:
     def _create_once(
         self, payment: Payment, params: PaymentIntentCreateParams, generation: int
     ) -> PaymentIntent:
-        started = time.perf_counter()
-        outcome = "error"
-        try:
+        with _measured("create_payment_intent"):
             intent = self._client.v1.payment_intents.create(
                 params, {"idempotency_key": idempotency_key(payment, generation)}
-            )
-            outcome = "success"
-        except stripe.StripeError as exc:
-            telemetry.STRIPE_ERRORS.labels(type(exc).__name__).inc()
-            raise _failure(exc) from exc
-        finally:
-            self.last_duration = time.perf_counter() - started
-            telemetry.STRIPE_REQUEST_DURATION.labels("create_payment_intent", outcome).observe(
-                self.last_duration
             )
         if intent.client_secret is None:
             raise StripeFailure(
@@ -213,6 +195,24 @@ class StripeGateway:
             provider_payment_id=intent.id,
             client_secret=intent.client_secret,
             request_id=intent.last_response.request_id if intent.last_response else None,
+        )
+
+
+@contextmanager
+def _measured(operation: str) -> Iterator[None]:
+    """One Stripe request: its duration by outcome, its error by SDK class, and an
+    SDK error raised as our StripeFailure."""
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        yield
+        outcome = "success"
+    except stripe.StripeError as exc:
+        telemetry.STRIPE_ERRORS.labels(type(exc).__name__).inc()
+        raise _failure(exc) from exc
+    finally:
+        telemetry.STRIPE_REQUEST_DURATION.labels(operation, outcome).observe(
+            time.perf_counter() - started
         )
 
 

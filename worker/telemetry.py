@@ -72,6 +72,12 @@ def beat() -> None:
     HEARTBEAT.set(time.time())
 
 
+def beat_pause(due: float) -> float:
+    """How long a loop may sleep before its next beat or its work due at `due`
+    (time.monotonic()), whichever comes first."""
+    return min(BEAT_INTERVAL, max(0.0, due - time.monotonic()))
+
+
 def loop_beat(loop: str) -> None:
     LOOP_HEARTBEAT.labels(loop).set(time.time())
 
