@@ -28,6 +28,7 @@ SQITCH=${PW_SQITCH:-sqitch}
 SUP_PID=
 STANDIN_PID=
 STANDIN_LOG_PID=
+STANDIN=
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/pw-run.XXXXXX")
 
 # shellcheck disable=SC2317  # run by the EXIT trap
@@ -107,31 +108,54 @@ else
   "$SQITCH" --chdir schema deploy "$U_TARGET"
 fi
 
-# --- the workers' login --------------------------------------------------------------------
-# The workers need only the payment_worker group, not the admin who deployed. Where the admin
-# may create roles and the server lets a password-less login in (trust), they run as
-# payment_worker_app; otherwise as DATABASE_URL's user, with a warning.
+# --- least-privilege logins ------------------------------------------------------------------
+# The workers need only the payment_worker group, the webhook receiver only payment_webhook,
+# not the admin who deployed. Where the admin may create roles and the server lets a
+# password-less login in (trust), they run as payment_worker_app and payment_webhook_app;
+# otherwise as DATABASE_URL's user, with a warning.
 admin_psql() { PGPASSWORD=${U_PASSWORD:-${PGPASSWORD:-}} psql "$U_SAFE" -XAtq -v ON_ERROR_STOP=1 "$@"; }
-WORKER_LOGIN_SQL="SELECT 1 FROM pg_roles WHERE rolname = 'payment_worker_app' AND rolcanlogin
-  AND NOT rolsuper AND pg_has_role(oid, 'payment_worker', 'MEMBER')"
-if [[ $(admin_psql -c "$WORKER_LOGIN_SQL" 2>/dev/null) != 1 ]]; then
-  if [[ $(admin_psql -c "SELECT 1 FROM pg_roles WHERE rolname = 'payment_worker_app'" 2>/dev/null) == 1 ]]; then
-    # There, but no longer in the group (a schema revert dropped and remade payment_worker).
-    admin_psql -c "GRANT payment_worker TO payment_worker_app" >/dev/null 2>&1 || true
-  else
-    admin_psql -c "CREATE ROLE payment_worker_app LOGIN IN ROLE payment_worker" >/dev/null 2>&1 || true
+
+# login_url LOGIN GROUP: prints DATABASE_URL as LOGIN when LOGIN (created if missing) is a
+# password-less login only in GROUP; prints nothing otherwise.
+login_url() {
+  local login=$1 group=$2 url
+  local check="SELECT 1 FROM pg_roles WHERE rolname = '$login' AND rolcanlogin
+    AND NOT rolsuper AND pg_has_role(oid, '$group', 'MEMBER')"
+  if [[ $(admin_psql -c "$check" 2>/dev/null) != 1 ]]; then
+    if [[ $(admin_psql -c "SELECT 1 FROM pg_roles WHERE rolname = '$login'" 2>/dev/null) == 1 ]]; then
+      # There, but no longer in the group (a schema revert dropped and remade it).
+      admin_psql -c "GRANT $group TO $login" >/dev/null 2>&1 || true
+    else
+      admin_psql -c "CREATE ROLE $login LOGIN IN ROLE $group" >/dev/null 2>&1 || true
+    fi
   fi
-fi
-if [[ $(admin_psql -c "$WORKER_LOGIN_SQL" 2>/dev/null) == 1 ]] &&
-  env -u PGPASSWORD PGPASSFILE=/dev/null psql "$U_AS_WORKER" -XAtqw -c "SELECT 1" >/dev/null 2>&1; then
-  export DATABASE_URL=$U_AS_WORKER
+  url=${U_AS_WORKER/payment_worker_app@/$login@}
+  if [[ $(admin_psql -c "$check" 2>/dev/null) == 1 ]] &&
+    env -u PGPASSWORD PGPASSFILE=/dev/null psql "$url" -XAtqw -c "SELECT 1" >/dev/null 2>&1; then
+    echo "$url"
+  fi
+}
+
+ADMIN_URL=$DATABASE_URL
+WORKER_URL=$(login_url payment_worker_app payment_worker)
+if [[ -n $WORKER_URL ]]; then
+  export DATABASE_URL=$WORKER_URL
   echo "workers: as payment_worker_app (a login in role payment_worker only)"
 else
   echo "workers: WARNING: they run as ${U_USER:-the default user}, with the admin's privileges" \
     "(no password-less login payment_worker_app in role payment_worker could be used;" \
     "create a login IN ROLE payment_worker and give it to DATABASE_URL)"
 fi
-unset U_PASSWORD
+RECEIVER_URL=$(login_url payment_webhook_app payment_webhook)
+if [[ -n $RECEIVER_URL ]]; then
+  export WEBHOOK_DATABASE_URL=$RECEIVER_URL
+  echo "webhooks: the receiver as payment_webhook_app (a login in role payment_webhook only)"
+else
+  export WEBHOOK_DATABASE_URL=$ADMIN_URL
+  echo "webhooks: WARNING: the receiver runs as ${U_USER:-the default user}, with the admin's" \
+    "privileges (no password-less login payment_webhook_app in role payment_webhook could be used)"
+fi
+unset U_PASSWORD ADMIN_URL
 
 # --- Stripe --------------------------------------------------------------------------------
 start_standin() {
@@ -144,8 +168,11 @@ start_standin() {
   mkfifo "$TMP/standin.log"
   sed -u 's/^/stand-in | /' <"$TMP/standin.log" >&2 &
   STANDIN_LOG_PID=$!
-  "${setsid[@]}" "$VENV_BIN/python" -m stripe_standin --port "${STANDIN_PORT:-12111}" \
-    --port-file "$port_file" 2>"$TMP/standin.log" &
+  # The stand-in signs its webhooks with the receiver's secret, read from its environment
+  # (never argv, which every user can read).
+  STANDIN_WEBHOOK_SECRET=$STRIPE_WEBHOOK_SECRET "${setsid[@]}" "$VENV_BIN/python" -m stripe_standin \
+    --port "${STANDIN_PORT:-12111}" --port-file "$port_file" \
+    --webhook-url "http://127.0.0.1:$WEBHOOK_PORT/webhooks/stripe" 2>"$TMP/standin.log" &
   STANDIN_PID=$!
   for ((i = 0; i < 200; i++)); do
     [[ -s $port_file ]] && break
@@ -158,7 +185,11 @@ start_standin() {
   export STRIPE_API_BASE
   export STRIPE_API_KEY=${STRIPE_API_KEY:-sk_test_standin}
   echo "stripe: the stand-in at $STRIPE_API_BASE (pid $STANDIN_PID; $STRIPE_API_BASE/_standin/stats)"
+  echo "webhooks: the stand-in delivers to http://127.0.0.1:$WEBHOOK_PORT/webhooks/stripe," \
+    "signed with a secret made for this run"
 }
+
+export WEBHOOK_PORT=${WEBHOOK_PORT:-8080}
 
 if [[ -n ${STRIPE_API_KEY:-} && -z ${STRIPE_API_BASE:-} ]]; then
   case $STRIPE_API_KEY in
@@ -169,7 +200,17 @@ elif [[ -n ${STRIPE_API_BASE:-} ]]; then
   export STRIPE_API_KEY=${STRIPE_API_KEY:-sk_test_standin}
   echo "stripe: STRIPE_API_BASE=$(sed -E 's#//[^/@]*@#//#' <<<"$STRIPE_API_BASE") (no stand-in started)"
 else
+  # The receiver, for the stand-in on this machine: on loopback only, with a signing secret
+  # made for this run.
+  export WEBHOOK_HOST=${WEBHOOK_HOST:-127.0.0.1}
+  STRIPE_WEBHOOK_SECRET=whsec_$("$VENV_BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))')
+  export STRIPE_WEBHOOK_SECRET
   start_standin
+  STANDIN=1
+fi
+if [[ -z ${STRIPE_WEBHOOK_SECRET:-} ]]; then
+  echo "webhooks: STRIPE_WEBHOOK_SECRET is not set: the receiver stays stopped and payments" \
+    "follow Stripe by reconciliation only (README: \"Using a real Stripe account\")."
 fi
 
 # --- supervisord ---------------------------------------------------------------------------
@@ -186,6 +227,18 @@ Try it (in another shell):
   psql "$U_SAFE" -c "SELECT create_payment_intent_sync(2500, 'Test payment \\\$25.00');"
 Watch the jobs:
   psql "$U_SAFE" -c "SELECT id, state, attempt, attempted_by FROM metadata.river_job ORDER BY id DESC LIMIT 5;"
+EOF
+if [[ -n $STANDIN ]]; then
+  cat <<EOF
+Pay it as a customer would, with a test card (PAYMENT_ID: the payment_id it printed):
+  $VENV_BIN/python -m stripe_standin pay --api-base $STRIPE_API_BASE PAYMENT_ID --card pm_card_visa
+Read it, succeeded now that Stripe's webhook has told the database:
+  psql "$U_SAFE" -c "SELECT get_payment('PAYMENT_ID');"
+Other test cards: pm_card_chargeDeclined (declined: pay again with another card) and
+pm_card_authenticationRequired (3-D Secure: then stripe_standin 3ds --api-base ... PAYMENT_ID --succeed).
+EOF
+fi
+cat <<EOF
 Workers: ${RIVER_WORKER_COUNT:-1} (RIVER_WORKER_COUNT); Ctrl-C stops everything.
 
 EOF

@@ -1,5 +1,6 @@
-"""`make run`, i.e. scripts/with-env.sh scripts/run.sh: the psql line it prints works, and
-Ctrl-C stops supervisord, the workers and the stand-in."""
+"""`make run`, i.e. scripts/with-env.sh scripts/run.sh: the lines it prints work as written
+(create a payment, pay it with a test card, read it succeeded, told by the webhook), and
+Ctrl-C stops supervisord, the workers, the receiver and the stand-in."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.acceptance.conftest import (
     base_env,
     database_url_with_password,
     fail_if_socket_in_use,
+    free_port,
     pid_alive,
     psql_bin,
     role_facts,
@@ -36,13 +38,16 @@ pytestmark = pytest.mark.acceptance
 
 # Settings of the worker and the stand-in a developer's shell might carry: not for this test.
 _FOREIGN = re.compile(
-    r"^(STRIPE_|STANDIN_|RIVER_|DB_|WORKER_|LOG_LEVEL$|PAYMENT_CURRENCY$|SUPERVISOR_)"
+    r"^(STRIPE_|STANDIN_|RIVER_|DB_|WORKER_|WEBHOOK_|RECONCILE_|LOG_LEVEL$|PAYMENT_CURRENCY$"
+    r"|SUPERVISOR_)"
 )
 
 
 def run_env(database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not _FOREIGN.match(k)}
-    env.update(DATABASE_URL=database_url, STANDIN_PORT="0", PW_PG_MODE="url")
+    env.update(
+        DATABASE_URL=database_url, STANDIN_PORT="0", PW_PG_MODE="url", WEBHOOK_PORT=str(free_port())
+    )
     return env
 
 
@@ -63,7 +68,7 @@ def running_worker_pids() -> list[int]:
 
 
 @pytest.mark.timeout(100)
-def test_make_run_prints_a_working_psql_line_and_ctrl_c_stops_everything(
+def test_make_run_prints_working_lines_to_create_pay_and_read_and_ctrl_c_stops_everything(
     pw_database: psycopg.Connection, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     dbname = pw_database.info.dbname
@@ -107,9 +112,20 @@ def test_make_run_prints_a_working_psql_line_and_ctrl_c_stops_everything(
         # The admin deployed; the workers (and the exporter) connect as a login that is
         # only in payment_worker, since this server trusts a password-less local login.
         assert "workers: as payment_worker_app (a login in role payment_worker only)" in text
-        roles = wait_until(lambda: session_roles(url), 15, "no worker session in pg_stat_activity")
-        assert {user for users in roles.values() for user in users} == {"payment_worker_app"}
+        assert "webhooks: the receiver as payment_webhook_app (a login in role payment_webhook only)" in text
+
+        def both_logins() -> dict[str, set[str]]:
+            roles = session_roles(url)
+            users = {user for users in roles.values() for user in users}
+            return roles if {"payment_worker_app", "payment_webhook_app"} <= users else {}
+
+        roles = wait_until(both_logins, 15, lambda: f"sessions: {session_roles(url)}")
+        assert {user for users in roles.values() for user in users} == {
+            "payment_worker_app",
+            "payment_webhook_app",
+        }
         assert role_facts(url, "payment_worker_app") == (False, ["payment_worker"])
+        assert role_facts(url, "payment_webhook_app") == (False, ["payment_webhook"])
 
         # The printed lines, run as a developer pastes them into a shell.
         rpc_line = re.search(r"^\s*(psql .*create_payment_intent_sync.*)$", text, re.M)
@@ -149,6 +165,44 @@ def test_make_run_prints_a_working_psql_line_and_ctrl_c_stops_everything(
         assert watched.returncode == 0, watched.stderr
         assert re.search(r"\|\s*completed\s*\|\s*1\s*\|", watched.stdout), watched.stdout
 
+        # Pay it as a customer would, then read it succeeded: the webhook told the database
+        # (reconciliation waits RECONCILE_AFTER, 10 minutes, so it is not what did it).
+        pay_line = re.search(r"^\s*(\S+ -m stripe_standin pay .*PAYMENT_ID.*)$", text, re.M)
+        read_line = re.search(r"^\s*(psql .*get_payment\('PAYMENT_ID'\).*)$", text, re.M)
+        assert pay_line and read_line, text
+        payment_id = payment["payment_id"]
+        card = subprocess.run(
+            ["bash", "-c", pay_line.group(1).replace("PAYMENT_ID", payment_id)],
+            env=shell_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert card.returncode == 0, card.stderr
+        assert "succeeded" in card.stdout, card.stdout
+
+        def read_status() -> str | None:
+            read = subprocess.run(
+                ["bash", "-c", read_line.group(1).replace("PAYMENT_ID", payment_id)],
+                env=shell_env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert read.returncode == 0, read.stderr
+            found = re.search(r'"status": "(\w+)"', read.stdout)
+            return found.group(1) if found and found.group(1) == "succeeded" else None
+
+        wait_until(read_status, 30, lambda: f"the payment never read succeeded:\n{output()}")
+        with psycopg.connect(url, autocommit=True) as admin:
+            sources = admin.execute(
+                "SELECT DISTINCT source FROM payments.stripe_events WHERE payment_id = %s",
+                (payment_id,),
+            ).fetchall()
+        assert sources == [("webhook",)]
+
         standin = re.search(r"stand-in at (http://127\.0\.0\.1:\d+) \(pid (\d+)", text)
         assert standin, text
         standin_url, standin_pid = standin.group(1), int(standin.group(2))
@@ -183,6 +237,7 @@ def test_make_run_prints_a_working_psql_line_and_ctrl_c_stops_everything(
         )
         assert DB_PASSWORD not in final
         assert not re.search(r"\b(sk|rk)_(test|live)_\w", final), "an API key was printed"
+        assert "whsec_" not in final, "the webhook signing secret was printed"
         assert payment["client_secret"] not in final
     finally:
         if run.poll() is None:
