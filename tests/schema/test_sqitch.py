@@ -458,9 +458,7 @@ def test_payment_lifecycle_reverts_to_exactly_what_was_there(
     sqitch_ok("revert", db, "-y", "--to", "payment_lifecycle^")
     with connect(db) as conn:
         assert lifecycle_catalog(conn) == before
-        assert conn.execute("SELECT status FROM payments.transactions").fetchall() == [
-            ("pending",)
-        ]
+        assert conn.execute("SELECT status FROM payments.transactions").fetchall() == [("pending",)]
         assert conn.execute(
             "SELECT count(*) FROM metadata.river_job WHERE kind = 'sync_payment'"
         ).fetchone() == (0,)
