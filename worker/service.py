@@ -24,7 +24,15 @@ from worker.config import Config
 from worker.executor import JobExecutor
 from worker.jobs import KindMismatch, Kinds
 from worker.listener import InsertListener
-from worker.maintenance import Cleaner, Leadership, QueueKeeper, Rescuer, Scheduler
+from worker.maintenance import (
+    Backfill,
+    Cleaner,
+    Leadership,
+    QueueKeeper,
+    Reconciler,
+    Rescuer,
+    Scheduler,
+)
 from worker.producer import Producer
 from worker.store import CONNECTION_PARAMS, Store
 from worker.stripe_gateway import StripeGateway, StripeSettings
@@ -227,6 +235,22 @@ class Worker:
         self.queue_keeper = QueueKeeper(
             self.store, self.leadership, queue=self.queue, stop=self.stop
         )
+        self.reconciler = Reconciler(
+            self.store,
+            self.leadership,
+            queue=self.queue,
+            stop=self.stop,
+            after=config.reconcile_after,
+            rate=config.reconcile_rate,
+        )
+        self.backfill = Backfill(
+            self.store,
+            self.leadership,
+            gateway,
+            queue=self.queue,
+            stop=self.stop,
+            interval=config.backfill_interval,
+        )
 
     def request_stop(self) -> None:
         """From any thread; the stop itself happens in the thread running `run()`."""
@@ -241,6 +265,8 @@ class Worker:
             "rescuer": self.rescuer.run,
             "cleaner": self.cleaner.run,
             "queue keeper": self.queue_keeper.run,
+            "reconciler": self.reconciler.run,
+            "backfill": self.backfill.run,
         }
 
     def run(self, *, watchdog: bool = False) -> int:

@@ -178,22 +178,29 @@ class StripeGateway:
         )
 
     def list_events(
-        self, created_gte: int, *, types: str = "payment_intent.*", max_pages: int = 10
-    ) -> tuple[list[dict[str, Any]], bool]:
-        """Stripe's events of `types` created at or after `created_gte` (unix seconds),
-        newest first, at most `max_pages` pages of 100; and whether more were left."""
+        self,
+        created_gte: int,
+        *,
+        starting_after: str | None = None,
+        types: str = "payment_intent.*",
+        max_pages: int = 10,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Stripe's events of `types` (a `*` wildcard allowed) created at or after
+        `created_gte` (unix seconds), newest first, at most `max_pages` pages of 100 from
+        `starting_after`; and the id to continue after, None when the list was read to
+        its end."""
         events: list[dict[str, Any]] = []
-        starting_after: str | None = None
+        cursor = starting_after
         for _ in range(max_pages):
             params: dict[str, Any] = {"type": types, "created": {"gte": created_gte}, "limit": 100}
-            if starting_after is not None:
-                params["starting_after"] = starting_after
+            if cursor is not None:
+                params["starting_after"] = cursor
             page = self._retrying(partial(self._list_events_page, params))
             events.extend(event.to_dict() for event in page.data)
             if not page.has_more or not page.data:
-                return events, False
-            starting_after = page.data[-1].id
-        return events, True
+                return events, None
+            cursor = page.data[-1].id
+        return events, cursor
 
     def _list_events_page(self, params: dict[str, Any]) -> Any:
         with _measured("list_events"):

@@ -53,6 +53,14 @@ OBSERVATIONS = Counter(
     " (written, stale, refused, ignored).",
     ["kind", "result"],
 )
+RECONCILE_QUEUED = Counter(
+    PREFIX + "reconcile_queued_total",
+    "sync_payment jobs the reconciler queued for payments not reflecting Stripe for too long.",
+)
+BACKFILLED = Counter(
+    PREFIX + "backfill_events_total",
+    "Events found in Stripe's event list that we did not hold, recorded by the backfill.",
+)
 JOBS_RESCUED = Counter(
     PREFIX + "jobs_rescued_total", "Jobs taken back from a dead or stuck worker.", ["queue"]
 )

@@ -10,12 +10,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import parse_qs
 from uuid import UUID, uuid4
 
 import psycopg
 from psycopg.rows import dict_row
 
-from stripe_standin.app import StandinApp
+from stripe_standin.app import Reply, Request, Response, StandinApp, json_body
 from stripe_standin.config import StandinConfig
 from stripe_standin.server import StandinServer
 from worker import handlers
@@ -46,6 +47,41 @@ class InProcessStandin:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
+        # Stripe's event list, newest last; served at GET /v1/events (see serve_events).
+        self.events: list[dict[str, Any]] = []
+        self.event_requests: list[dict[str, list[str]]] = []
+
+    def serve_events(self) -> None:
+        """Answers GET /v1/events from `self.events`, as Stripe's API reference describes
+        the list (newest first, `created[gte]`, `type` with a `*` wildcard, `limit`,
+        `starting_after`): the stand-in of this branch has no event list yet."""
+        handle = self.app.handle_api
+
+        def with_events(request: Request) -> Reply:
+            if request.method != "GET" or request.path != "/v1/events":
+                return handle(request)
+            query = parse_qs(request.query)
+            self.event_requests.append(query)
+            gte = int(query["created[gte]"][0]) if "created[gte]" in query else 0
+            prefix = query["type"][0].rstrip("*") if "type" in query else ""
+            limit = int(query.get("limit", ["10"])[0])
+            found = [
+                e
+                for e in reversed(self.events)
+                if e["created"] >= gte and e["type"].startswith(prefix)
+            ]
+            if "starting_after" in query:
+                ids = [e["id"] for e in found]
+                found = found[ids.index(query["starting_after"][0]) + 1 :]
+            page = {
+                "object": "list",
+                "url": "/v1/events",
+                "has_more": len(found) > limit,
+                "data": found[:limit],
+            }
+            return Response(200, json_body(page), {"content-type": "application/json"})
+
+        self.app.handle_api = with_events  # type: ignore[method-assign]
 
     @property
     def url(self) -> str:
