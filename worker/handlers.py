@@ -28,6 +28,9 @@ PAYMENT_GIVEN_UP = "payments.create_payment_intent_given_up"
 # An apply_stripe_event job given up: its event stays pending, the reason on it
 # (schema/deploy/payment_lifecycle.sql), and the unapplied-events alert fires.
 EVENT_GIVEN_UP = "payments.apply_stripe_event_given_up"
+LIFECYCLE_KINDS = ("apply_stripe_event", "sync_payment")
+# What offering an observed PaymentIntent to its payment did (payments.job_payment_observe).
+OBSERVATION_RESULTS = ("written", "stale", "refused", "ignored")
 
 
 class PaymentStore(Protocol):
@@ -222,7 +225,7 @@ class ApplyPaymentIntent:
     is newer than the one the row holds (README: "Payment status")."""
 
     def __init__(self, kind: str, store: LifecycleStore, gateway: StripeGateway) -> None:
-        if kind not in ("apply_stripe_event", "sync_payment"):
+        if kind not in LIFECYCLE_KINDS:
             raise ValueError(f"not a lifecycle kind: {kind!r}")
         self.kind = kind
         self._store = store

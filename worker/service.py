@@ -203,6 +203,9 @@ class Worker:
             for outcome in ("completed", "retried", "discarded"):
                 # Present at 0 from the start, so increase() sees the first one.
                 telemetry.JOBS_FINISHED.labels(kind, outcome)
+        for kind in handlers.LIFECYCLE_KINDS:
+            for result in handlers.OBSERVATION_RESULTS:
+                telemetry.OBSERVATIONS.labels(kind, result)
         self.producer = Producer(
             self.store,
             JobExecutor(self.store, kinds),
