@@ -310,10 +310,14 @@ class Reconciler(LeaderLoop):
 
 class Backfill(LeaderLoop):
     """What the webhook receiver missed while it was down: Stripe's own event list
-    (`GET /v1/events`, payment_intent.*), from the newest event we hold minus `margin`,
-    each recorded as the receiver would (payments.stripe_event_record, source
-    `backfill`; one we hold is a free duplicate). At most `max_pages` pages of 100 a
-    pass; a longer list is continued from where it stopped on the next pass."""
+    (`GET /v1/events`, payment_intent.*), each recorded as the receiver would
+    (payments.stripe_event_record, source `backfill`; one we hold is a free duplicate).
+
+    From `margin` before the start of this leader's last pass that read the list to its
+    end, so an outage of the receiver between two passes is covered even when it has
+    received newer events since; on a new leader's first pass, from `margin` before the
+    newest event we hold (or `lookback` ago when we hold none). At most `max_pages` pages
+    of 100 a pass; a longer list is continued from its cursor on the next pass."""
 
     name = "backfill"
 
@@ -340,19 +344,23 @@ class Backfill(LeaderLoop):
         self._margin = margin
         self._lookback = lookback
         self._max_pages = max_pages
-        # (created_gte, starting_after) of a listing cut short by max_pages.
-        self._resume: tuple[int, str] | None = None
+        # (created_gte, starting_after, started) of a listing cut short by max_pages.
+        self._resume: tuple[int, str, datetime] | None = None
+        # When the last listing read to its end began: everything Stripe had created
+        # by then (less clock skew, which the margin absorbs) has been recorded.
+        self.covered: datetime | None = None
 
     def run_once(self) -> int:
         if self._resume is not None:
-            since, starting_after = self._resume
+            since, starting_after, started = self._resume
         else:
-            newest = self._store.stripe_event_newest_created()
-            start = (
-                datetime.now(UTC) - timedelta(seconds=self._lookback)
-                if newest is None
-                else newest - timedelta(seconds=self._margin)
-            )
+            started = datetime.now(UTC)
+            if self.covered is not None:
+                start = self.covered - timedelta(seconds=self._margin)
+            elif (newest := self._store.stripe_event_newest_created()) is not None:
+                start = newest - timedelta(seconds=self._margin)
+            else:
+                start = started - timedelta(seconds=self._lookback)
             since, starting_after = int(start.timestamp()), None
         try:
             events, last = self._gateway.list_events(
@@ -364,7 +372,10 @@ class Backfill(LeaderLoop):
                 extra={"error": exc.message, "stripe_request_id": exc.request_id},
             )
             return 0
-        self._resume = None if last is None else (since, last)
+        if last is None:
+            self._resume, self.covered = None, started
+        else:
+            self._resume = (since, last, started)
         stored = 0
         # Oldest first, so the newest we hold only moves forward.
         for event in reversed(events):

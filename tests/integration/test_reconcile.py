@@ -304,3 +304,35 @@ def test_a_long_list_is_read_over_several_passes_without_a_gap(  # noqa: PLR0917
     assert loop.run_once() == 50
     assert loop.run_once() == 0
     assert conn.execute("SELECT count(*) FROM payments.stripe_events").fetchone() == (250,)
+
+
+def test_an_outage_between_two_passes_is_covered_though_newer_events_arrived(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    gateway: StripeGateway,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+) -> None:
+    stripe.serve_events()
+    payment_id, intent_id = created_payment(conn, store, executor)
+    loop = backfill(store, gateway, stop)
+
+    # Phase 1: a pass reads the whole list (empty): covered up to its start.
+    assert loop.run_once() == 0
+    assert loop.covered is not None
+    covered = int(loop.covered.timestamp())
+
+    # Phase 2: the receiver misses one event, then is back and records a much newer one.
+    missed = lc.event(stripe.move(intent_id, "processing"), "payment_intent.processing")
+    newer = lc.event(stripe.move(intent_id, "succeeded"), "payment_intent.succeeded")
+    newer["created"] = missed["created"] + 3600
+    stripe.events.extend([missed, newer])
+    assert lc.record(conn, newer) == "stored"
+
+    # Phase 3: the next pass starts from the last complete one, not from the newest held.
+    assert loop.run_once() == 1
+    assert stripe.event_requests[-1]["created[gte]"] == [str(covered - 300)]
+    assert lc.event_row(conn, missed["id"])["source"] == "backfill"
+    lc.run_available(store, executor)
+    assert lc.status_of(conn, payment_id) == "succeeded"
