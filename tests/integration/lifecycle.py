@@ -83,6 +83,24 @@ class InProcessStandin:
 
         self.app.handle_api = with_events  # type: ignore[method-assign]
 
+    def fail_retrieves(self, times: int | None) -> list[str]:
+        """The next `times` retrieves (every one, for None) answer Stripe's 500; returns the
+        list of retrieve paths asked, as they arrive."""
+        handle = self.app.handle_api
+        asked: list[str] = []
+
+        def failing(request: Request) -> Reply:
+            if request.method != "GET" or not request.path.startswith("/v1/payment_intents/pi_"):
+                return handle(request)
+            asked.append(request.path)
+            if times is not None and len(asked) > times:
+                return handle(request)
+            body = {"error": {"type": "api_error", "message": "Sorry, something went wrong."}}
+            return Response(500, json_body(body), {"content-type": "application/json"})
+
+        self.app.handle_api = failing  # type: ignore[method-assign]
+        return asked
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.port}"
@@ -109,10 +127,14 @@ class InProcessStandin:
         return intent
 
 
-def gateway_for(url: str) -> StripeGateway:
+def gateway_for(url: str, network_retries: int = 0) -> StripeGateway:
     return StripeGateway(
         StripeSettings(
-            api_key=API_KEY, api_base=url, connect_timeout=2, read_timeout=5, network_retries=0
+            api_key=API_KEY,
+            api_base=url,
+            connect_timeout=2,
+            read_timeout=5,
+            network_retries=network_retries,
         )
     )
 

@@ -20,7 +20,7 @@ from tests.integration.rows import claim, insert_payment, payment_row
 from worker.executor import JobExecutor
 from worker.models import ObservedIntent
 from worker.store import Store
-from worker.stripe_gateway import StripeGateway
+from worker.stripe_gateway import StripeFailure, StripeGateway
 
 
 @pytest.fixture
@@ -360,6 +360,42 @@ def test_the_observation_write_is_fenced_by_the_jobs_lease(
 
 class Rollback(Exception):
     """Raised to roll a test's transaction back."""
+
+
+def test_a_retrieve_is_retried_at_once_after_a_5xx_and_a_404_is_not(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, stripe: lc.InProcessStandin
+) -> None:
+    _, intent_id = created_payment(conn, store, executor)
+    asked = stripe.fail_retrieves(1)
+    patient = lc.gateway_for(stripe.url, network_retries=2)
+
+    assert patient.retrieve_payment_intent(intent_id).status == "requires_payment_method"
+    assert asked == [f"/v1/payment_intents/{intent_id}"] * 2
+
+    with pytest.raises(StripeFailure) as missing:
+        patient.retrieve_payment_intent("pi_missing")
+    assert (missing.value.not_found, missing.value.permanent) == (True, True)
+    assert asked[2:] == ["/v1/payment_intents/pi_missing"]
+
+
+def test_an_event_whose_intent_stripe_cannot_read_now_waits_for_the_retry(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, stripe: lc.InProcessStandin
+) -> None:
+    payment_id, intent_id = created_payment(conn, store, executor)
+    evt = lc.event(stripe.move(intent_id, "processing"), "payment_intent.processing")
+    lc.record(conn, evt)
+    stripe.fail_retrieves(None)
+    lc.run_available(store, executor)
+
+    job = conn.execute(
+        "SELECT state, errors[1]->>'error' FROM metadata.river_job WHERE id = %s",
+        (lc.apply_job_id(conn, evt["id"]),),
+    ).fetchone()
+    assert job is not None
+    assert job[0] == "retryable"
+    assert "Sorry, something went wrong." in job[1]
+    assert lc.event_row(conn, evt["id"])["outcome"] == "pending"
+    assert lc.status_of(conn, payment_id) == "pending"
 
 
 # --- the guard ----------------------------------------------------------------------------------
