@@ -80,6 +80,37 @@ BEGIN
 END
 $$;
 
+-- As worker_api made it.
+CREATE OR REPLACE FUNCTION payments.job_complete_with_intent(
+    p_job_id bigint, p_attempt integer, p_lease uuid, p_provider_payment_id text, p_client_secret text
+) RETURNS TABLE (completed boolean, latency_seconds float8)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_latency float8;
+BEGIN
+    PERFORM payments.require(char_length(p_provider_payment_id) BETWEEN 1 AND 255,
+                             'provider_payment_id must be 1 to 255 characters');
+    PERFORM payments.require(char_length(p_client_secret) BETWEEN 1 AND 255,
+                             'client_secret must be 1 to 255 characters');
+    IF NOT payments.job_release(p_job_id, p_attempt, p_lease) THEN
+        RETURN QUERY SELECT false, NULL::float8;
+        RETURN;
+    END IF;
+    UPDATE payments.transactions AS p
+    SET status = 'pending',
+        provider_payment_id = p_provider_payment_id,
+        provider_client_secret = p_client_secret
+    FROM metadata.river_job AS j
+    WHERE j.id = p_job_id
+      AND p.id = payments.job_payment_id(j.kind, j.args)
+      AND p.status = 'pending_intent'
+    RETURNING extract(epoch FROM clock_timestamp() - p.created_at)::float8 INTO v_latency;
+    UPDATE metadata.river_job SET state = 'completed', finalized_at = now() WHERE id = p_job_id;
+    RETURN QUERY SELECT true, v_latency;
+END
+$$;
+
 DROP FUNCTION payments.status_transition_allowed(text, text);
 DROP FUNCTION payments.status_of_stripe(text);
 

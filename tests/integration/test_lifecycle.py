@@ -47,7 +47,12 @@ def created_payment(
     (requires_payment_method)."""
     payment_id = insert_payment(conn, 2500, owner_role=pg.USER)
     assert lc.run_available(store, executor) == 1
-    assert lc.status_of(conn, payment_id) == "pending"
+    row = payment_row(conn, payment_id)
+    assert (row["status"], row["provider_status"], row["provider_synced_at"]) == (
+        "pending",
+        "requires_payment_method",
+        None,
+    )
     return payment_id, lc.intent_id_of(conn, payment_id)
 
 
