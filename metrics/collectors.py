@@ -21,7 +21,8 @@ PREFIX = "payment_worker_"
 
 
 class DatabaseCollector(Collector):
-    """Queue depth, the oldest waiting job and recent payments, read at scrape time."""
+    """Queue depth, the oldest waiting job, recent and open payments and unapplied Stripe
+    events, read at scrape time."""
 
     def __init__(self, reader: DatabaseReader) -> None:
         self._reader = reader
@@ -61,6 +62,26 @@ class DatabaseCollector(Collector):
         for status, count in snapshot.payments:
             payments.add_metric([status], count)
         yield payments
+        unapplied = GaugeMetricFamily(
+            PREFIX + "stripe_events_unapplied",
+            "Stripe events recorded whose apply job has not applied (nor ignored) them yet.",
+        )
+        unapplied.add_metric([], snapshot.events_unapplied)
+        yield unapplied
+        unapplied_age = GaugeMetricFamily(
+            PREFIX + "oldest_unapplied_event_age_seconds",
+            "Age of the oldest Stripe event not yet applied (0 when none waits).",
+        )
+        unapplied_age.add_metric([], snapshot.oldest_unapplied_event_age)
+        yield unapplied_age
+        open_payments = GaugeMetricFamily(
+            PREFIX + "payments_open",
+            "Payments not yet final (succeeded, canceled, failed), whenever created, by status.",
+            labels=["status"],
+        )
+        for status, count in snapshot.payments_open:
+            open_payments.add_metric([status], count)
+        yield open_payments
 
 
 def build_registry(reader: DatabaseReader, multiproc_dir: Path | None) -> CollectorRegistry:

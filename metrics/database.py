@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -18,6 +18,9 @@ class DatabaseSnapshot:
     jobs: list[tuple[str, str, str, int]]
     oldest_available: list[tuple[str, float]]
     payments: list[tuple[str, int]]
+    events_unapplied: int = 0
+    oldest_unapplied_event_age: float = 0.0
+    payments_open: list[tuple[str, int]] = field(default_factory=list)
 
 
 class DatabaseReader:
@@ -33,12 +36,19 @@ class DatabaseReader:
         with self._lock:
             conn = self._connection()
             try:
+                unapplied = conn.execute(Q["stripe_events_unapplied"]).fetchone()
+                assert unapplied is not None
                 return DatabaseSnapshot(
                     jobs=[(q, k, s, int(n)) for q, k, s, n in conn.execute(Q["jobs_unfinished"])],
                     oldest_available=[
                         (q, float(age)) for q, age in conn.execute(Q["job_oldest_available_age"])
                     ],
                     payments=[(s, int(n)) for s, n in conn.execute(Q["payments_recent_by_status"])],
+                    events_unapplied=int(unapplied[0]),
+                    oldest_unapplied_event_age=float(unapplied[1]),
+                    payments_open=[
+                        (s, int(n)) for s, n in conn.execute(Q["payments_open_by_status"])
+                    ],
                 )
             except psycopg.OperationalError:
                 self._close()

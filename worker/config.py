@@ -38,6 +38,9 @@ class Config:
     rescue_after: float
     completed_retention: float
     discarded_retention: float
+    reconcile_after: float = 600.0
+    reconcile_rate: float = 5.0
+    backfill_interval: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -77,6 +80,11 @@ class Config:
                 minimum=MIN_JOB_RETENTION,
                 maximum=365 * 86400,
             ),
+            reconcile_after=_float(env, "RECONCILE_AFTER", 600.0, minimum=1, maximum=30 * 86400),
+            # Stripe allows 100 reads a second in live mode, 25 in test mode; this stays
+            # far below either, events and creates having their share.
+            reconcile_rate=_float_value(env, "RECONCILE_RATE", 5.0, minimum=0.1, maximum=20),
+            backfill_interval=_float(env, "BACKFILL_INTERVAL", 300.0, minimum=10, maximum=86400),
         )
         # The time-based rescue must never take a job from a worker that is
         # still, legitimately, waiting on Stripe.
@@ -163,6 +171,22 @@ def _float(
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name} must be between {minimum} and {maximum} seconds, got {value}")
+    return value
+
+
+def _float_value(
+    env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float
+) -> float:
+    """A number that is not a duration (a rate a second)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
 
 

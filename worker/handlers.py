@@ -12,7 +12,7 @@ from typing import Protocol
 from uuid import UUID
 
 from worker import jobs, telemetry
-from worker.models import Job, Payment, PaymentIntent
+from worker.models import Job, LifecycleJob, Observation, ObservedIntent, Payment, PaymentIntent
 from worker.stripe_gateway import StripeFailure, StripeGateway, key_generation
 
 log = logging.getLogger("worker.handlers")
@@ -25,6 +25,12 @@ MAX_KEYS_PER_ATTEMPT = 4
 # executor, our rescuer or anyone else's (schema/deploy/worker_api.sql): fails
 # its payment if it still waits for its intent, with caller_reason's words.
 PAYMENT_GIVEN_UP = "payments.create_payment_intent_given_up"
+# An apply_stripe_event job given up: its event stays pending, the reason on it
+# (schema/deploy/payment_lifecycle.sql), and the unapplied-events alert fires.
+EVENT_GIVEN_UP = "payments.apply_stripe_event_given_up"
+LIFECYCLE_KINDS = ("apply_stripe_event", "sync_payment")
+# What offering an observed PaymentIntent to its payment did (payments.job_payment_observe).
+OBSERVATION_RESULTS = ("written", "stale", "refused", "ignored")
 
 
 class PaymentStore(Protocol):
@@ -33,6 +39,18 @@ class PaymentStore(Protocol):
     def job_complete_with_intent(
         self, job: Job, intent: PaymentIntent
     ) -> tuple[bool, float | None]: ...
+
+
+class LifecycleStore(Protocol):
+    def job_lifecycle_get(self, job: Job) -> LifecycleJob | None: ...
+
+    def observation_token(self) -> datetime: ...
+
+    def job_payment_observe(
+        self, job: Job, token: datetime, intent: ObservedIntent
+    ) -> Observation: ...
+
+    def job_lifecycle_ignore(self, job: Job, reason: str) -> bool: ...
 
 
 def caller_reason(payment_id: UUID) -> str:
@@ -198,6 +216,98 @@ class CreatePaymentIntent:
         return Done(payment_id=payment.id, intent=adopted)
 
 
+class ApplyPaymentIntent:
+    """kinds `apply_stripe_event` (args `{"event_id", "payment_id"}`) and `sync_payment`
+    (args `{"payment_id"}`): the payment's PaymentIntent as Stripe has it now.
+
+    Never the event's payload: an observation token is taken from the database's
+    clock, then the intent is retrieved, and the store writes it only if that token
+    is newer than the one the row holds (README: "Payment status")."""
+
+    def __init__(self, kind: str, store: LifecycleStore, gateway: StripeGateway) -> None:
+        if kind not in LIFECYCLE_KINDS:
+            raise ValueError(f"not a lifecycle kind: {kind!r}")
+        self.kind = kind
+        self._store = store
+        self._gateway = gateway
+
+    def run(self, job: Job) -> jobs.Done:
+        about = self._store.job_lifecycle_get(job)
+        if about is None:
+            raise JobFailure(
+                f"{self.kind} job {job.id}: not held, or its payment does not exist",
+                permanent=True,
+            )
+        context = _log_context(about.payment_id, None)
+        if about.event_id is not None:
+            context["event_id"] = about.event_id
+        if self.kind == "apply_stripe_event" and about.event_outcome != "pending":
+            # Its outcome is recorded already (another attempt wrote it): nothing to do.
+            return jobs.Done(context=context)
+        intent_id = about.event_intent_id or about.provider_payment_id
+        if self.kind == "sync_payment":
+            intent_id = about.provider_payment_id
+        if intent_id is None:
+            reason = "the event names no PaymentIntent, and the payment has none stored"
+            return jobs.Done(complete=partial(self._ignore, reason), context=context)
+        if about.provider_payment_id is not None and intent_id != about.provider_payment_id:
+            reason = (
+                f"PaymentIntent {intent_id} is not payment {about.payment_id}'s "
+                f"({about.provider_payment_id})"
+            )
+            return jobs.Done(complete=partial(self._ignore, reason), context=context)
+        # The token first: the retrieve that follows sees Stripe at or after it.
+        token = self._store.observation_token()
+        try:
+            intent = self._gateway.retrieve_payment_intent(intent_id)
+        except StripeFailure as exc:
+            if exc.not_found:
+                reason = f"Stripe has no PaymentIntent {intent_id}"
+                return jobs.Done(complete=partial(self._ignore, reason), context=context)
+            raise JobFailure(
+                exc.message,
+                permanent=exc.permanent,
+                payment_id=about.payment_id,
+                request_id=exc.request_id,
+            ) from exc
+        if intent.request_id is not None:
+            context["stripe_request_id"] = intent.request_id
+        return jobs.Done(complete=partial(self._observe, token, intent, context), context=context)
+
+    def _ignore(self, reason: str, job: Job) -> bool:
+        log.info("%s: nothing to apply", self.kind, extra={"job_id": job.id, "reason": reason})
+        telemetry.OBSERVATIONS.labels(self.kind, "ignored").inc()
+        return self._store.job_lifecycle_ignore(job, reason)
+
+    def _observe(
+        self, token: datetime, intent: ObservedIntent, context: dict[str, str | None], job: Job
+    ) -> bool:
+        observed = self._store.job_payment_observe(job, token, intent)
+        if not observed.completed:
+            return False
+        result = observed.result or "unknown"
+        telemetry.OBSERVATIONS.labels(self.kind, result).inc()
+        if observed.event_age_seconds is not None:
+            telemetry.EVENT_APPLY.observe(observed.event_age_seconds)
+        extra = {
+            **context,
+            "job_id": job.id,
+            "result": result,
+            "provider_status": intent.status,
+            "from_status": observed.old_status,
+            "status": observed.new_status,
+        }
+        if observed.result == "refused":
+            # Stripe reported a move the guard does not allow (out of a final status):
+            # not written; the event counts as applied. Worth a look.
+            log.warning("PaymentIntent state not applied: %s", observed.reason, extra=extra)
+        elif observed.result == "ignored":
+            log.warning("PaymentIntent ignored: %s", observed.reason, extra=extra)
+        elif observed.result == "written" and observed.old_status != observed.new_status:
+            log.info("payment status changed", extra=extra)
+        return True
+
+
 def _payment_id(job: Job) -> UUID:
     raw = job.args.get("payment_id")
     try:
@@ -206,12 +316,18 @@ def _payment_id(job: Job) -> UUID:
         raise JobFailure(f"job args have no valid payment_id: {raw!r}", permanent=True) from None
 
 
-def register(
-    kinds: jobs.Kinds, payments: PaymentStore, gateway: StripeGateway, currency: str
-) -> None:
+class Store(PaymentStore, LifecycleStore, Protocol):
+    pass
+
+
+def register(kinds: jobs.Kinds, payments: Store, gateway: StripeGateway, currency: str) -> None:
     """The payment kinds, each with its work and its given-up effect."""
     handler = CreatePaymentIntent(payments, gateway, currency)
     kinds.register(handler.kind, handler.run, given_up=PAYMENT_GIVEN_UP)
+    apply = ApplyPaymentIntent("apply_stripe_event", payments, gateway)
+    kinds.register(apply.kind, apply.run, given_up=EVENT_GIVEN_UP)
+    sync = ApplyPaymentIntent("sync_payment", payments, gateway)
+    kinds.register(sync.kind, sync.run, given_up=None)
 
 
 def _log_context(payment_id: UUID | None, request_id: str | None) -> dict[str, str | None]:

@@ -9,17 +9,20 @@ call directly."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
 import time
 from abc import ABC, abstractmethod
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
 from worker import telemetry
 from worker.config import MIN_JOB_RETENTION
 from worker.store import LEADER_TTL_SECONDS, Store
+from worker.stripe_gateway import StripeFailure, StripeGateway
 
 log = logging.getLogger("worker.maintenance")
 
@@ -260,3 +263,128 @@ class Cleaner(LeaderLoop):
         if deleted:
             log.info("finished jobs deleted", extra={"deleted": deleted})
         return deleted
+
+
+class Reconciler(LeaderLoop):
+    """What webhooks missed: every payment not yet final, with an intent, whose row has
+    not reflected Stripe for `after` seconds gets a sync_payment job (at most one waits
+    per payment), which re-reads its PaymentIntent through the same observation path as
+    an event. At most `rate` a second: each pass queues `rate x interval` jobs, spread
+    over the interval."""
+
+    name = "reconciler"
+
+    def __init__(
+        self,
+        store: Store,
+        leadership: Leadership,
+        *,
+        queue: str,
+        stop: threading.Event,
+        after: float = 600.0,
+        rate: float = 5.0,
+        interval: float = 1.0,
+    ) -> None:
+        if after < 1:
+            raise ValueError("reconciler: after must be at least 1 s")
+        if not 0 < rate <= 100:
+            raise ValueError("reconciler: rate must be above 0 and at most 100 a second")
+        super().__init__(
+            store,
+            leadership,
+            queue=queue,
+            stop=stop,
+            interval=interval,
+            batch=max(1, math.floor(rate * interval)),
+        )
+        self._after = after
+        self._rate = rate
+
+    def run_once(self) -> int:
+        queued = self._store.payment_reconcile_enqueue(self._after, self._batch, self._rate)
+        if queued:
+            telemetry.RECONCILE_QUEUED.inc(queued)
+            log.info("stale payments queued for a re-read from Stripe", extra={"queued": queued})
+        return queued
+
+
+class Backfill(LeaderLoop):
+    """What the webhook receiver missed while it was down: Stripe's own event list
+    (`GET /v1/events`, payment_intent.*), each recorded as the receiver would
+    (payments.stripe_event_record, source `backfill`; one we hold is a free duplicate).
+
+    From `margin` before the start of this leader's last pass that read the list to its
+    end, so an outage of the receiver between two passes is covered even when it has
+    received newer events since; on a new leader's first pass, from `margin` before the
+    newest event we hold (or `lookback` ago when we hold none). At most `max_pages` pages
+    of 100 a pass; a longer list is continued from its cursor on the next pass."""
+
+    name = "backfill"
+
+    def __init__(
+        self,
+        store: Store,
+        leadership: Leadership,
+        gateway: StripeGateway,
+        *,
+        queue: str,
+        stop: threading.Event,
+        interval: float = 300.0,
+        margin: float = 300.0,
+        lookback: float = 3 * 86400.0,
+        max_pages: int = 10,
+    ) -> None:
+        super().__init__(store, leadership, queue=queue, stop=stop, interval=interval, batch=1)
+        # Stripe keeps events for 30 days.
+        if not 0 <= margin <= lookback <= 30 * 86400:
+            raise ValueError("backfill: need 0 <= margin <= lookback <= 30 days")
+        if max_pages < 1:
+            raise ValueError("backfill: max_pages must be at least 1")
+        self._gateway = gateway
+        self._margin = margin
+        self._lookback = lookback
+        self._max_pages = max_pages
+        # (created_gte, starting_after, started) of a listing cut short by max_pages.
+        self._resume: tuple[int, str, datetime] | None = None
+        # When the last listing read to its end began: everything Stripe had created
+        # by then (less clock skew, which the margin absorbs) has been recorded.
+        self.covered: datetime | None = None
+
+    def run_once(self) -> int:
+        if self._resume is not None:
+            since, starting_after, started = self._resume
+        else:
+            started = datetime.now(UTC)
+            if self.covered is not None:
+                start = self.covered - timedelta(seconds=self._margin)
+            elif (newest := self._store.stripe_event_newest_created()) is not None:
+                start = newest - timedelta(seconds=self._margin)
+            else:
+                start = started - timedelta(seconds=self._lookback)
+            since, starting_after = int(start.timestamp()), None
+        try:
+            events, last = self._gateway.list_events(
+                since, starting_after=starting_after, max_pages=self._max_pages
+            )
+        except StripeFailure as exc:
+            log.warning(
+                "backfill: Stripe's event list failed; trying again next pass",
+                extra={"error": exc.message, "stripe_request_id": exc.request_id},
+            )
+            return 0
+        if last is None:
+            self._resume, self.covered = None, started
+        else:
+            self._resume = (since, last, started)
+        stored = 0
+        # Oldest first, so the newest we hold only moves forward.
+        for event in reversed(events):
+            if self._store.stripe_event_record(event, "backfill") == "stored":
+                stored += 1
+        telemetry.BACKFILLED.inc(stored)
+        if stored or last is not None:
+            log.info(
+                "backfill: events recorded from Stripe's list",
+                extra={"listed": len(events), "stored": stored, "more": last is not None},
+            )
+        return stored

@@ -8,7 +8,16 @@ from uuid import UUID
 # The queue core's job, re-exported for the modules that pass it along with payments.
 from worker.jobs import Job
 
-__all__ = ["Job", "Payment", "PaymentIntent", "QueueSettings", "RescuedJob"]
+__all__ = [
+    "Job",
+    "LifecycleJob",
+    "Observation",
+    "ObservedIntent",
+    "Payment",
+    "PaymentIntent",
+    "QueueSettings",
+    "RescuedJob",
+]
 
 
 @dataclass(frozen=True)
@@ -47,3 +56,44 @@ class QueueSettings:
 
     currency: str
     queue: str
+
+
+@dataclass(frozen=True)
+class LifecycleJob:
+    """What an apply_stripe_event or sync_payment job is about: its payment and, for an
+    event, the event and the PaymentIntent it names."""
+
+    payment_id: UUID
+    status: str
+    provider_payment_id: str | None
+    event_id: str | None = None
+    event_type: str | None = None
+    event_outcome: str | None = None
+    event_intent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedIntent:
+    """A PaymentIntent as Stripe reports it now (what the lifecycle keeps of it)."""
+
+    id: str
+    status: str
+    amount: int
+    currency: str
+    amount_received: int | None
+    metadata_payment_id: str | None
+    last_payment_error: dict[str, str | None] | None
+    client_secret: str | None = field(default=None, repr=False)
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What writing an observation did: `result` written, stale, refused or ignored."""
+
+    completed: bool
+    result: str | None
+    reason: str | None
+    old_status: str | None
+    new_status: str | None
+    event_age_seconds: float | None

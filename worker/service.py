@@ -24,7 +24,15 @@ from worker.config import Config
 from worker.executor import JobExecutor
 from worker.jobs import KindMismatch, Kinds
 from worker.listener import InsertListener
-from worker.maintenance import Cleaner, Leadership, QueueKeeper, Rescuer, Scheduler
+from worker.maintenance import (
+    Backfill,
+    Cleaner,
+    Leadership,
+    QueueKeeper,
+    Reconciler,
+    Rescuer,
+    Scheduler,
+)
 from worker.producer import Producer
 from worker.store import CONNECTION_PARAMS, Store
 from worker.stripe_gateway import StripeGateway, StripeSettings
@@ -195,6 +203,9 @@ class Worker:
             for outcome in ("completed", "retried", "discarded"):
                 # Present at 0 from the start, so increase() sees the first one.
                 telemetry.JOBS_FINISHED.labels(kind, outcome)
+        for kind in handlers.LIFECYCLE_KINDS:
+            for result in handlers.OBSERVATION_RESULTS:
+                telemetry.OBSERVATIONS.labels(kind, result)
         self.producer = Producer(
             self.store,
             JobExecutor(self.store, kinds),
@@ -227,6 +238,22 @@ class Worker:
         self.queue_keeper = QueueKeeper(
             self.store, self.leadership, queue=self.queue, stop=self.stop
         )
+        self.reconciler = Reconciler(
+            self.store,
+            self.leadership,
+            queue=self.queue,
+            stop=self.stop,
+            after=config.reconcile_after,
+            rate=config.reconcile_rate,
+        )
+        self.backfill = Backfill(
+            self.store,
+            self.leadership,
+            gateway,
+            queue=self.queue,
+            stop=self.stop,
+            interval=config.backfill_interval,
+        )
 
     def request_stop(self) -> None:
         """From any thread; the stop itself happens in the thread running `run()`."""
@@ -241,6 +268,8 @@ class Worker:
             "rescuer": self.rescuer.run,
             "cleaner": self.cleaner.run,
             "queue keeper": self.queue_keeper.run,
+            "reconciler": self.reconciler.run,
+            "backfill": self.backfill.run,
         }
 
     def run(self, *, watchdog: bool = False) -> int:

@@ -6,14 +6,25 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from worker.models import Job, Payment, PaymentIntent, QueueSettings, RescuedJob
+from worker.models import (
+    Job,
+    LifecycleJob,
+    Observation,
+    ObservedIntent,
+    Payment,
+    PaymentIntent,
+    QueueSettings,
+    RescuedJob,
+)
 from worker.queries import QUERIES as Q
 
 # How long an election holds without renewal (Leadership renews every
@@ -307,6 +318,60 @@ class Store:
         with self._pool.connection() as conn:
             row = conn.execute(Q["queue_touch"]).fetchone()
         return row is not None and bool(row[0])
+
+    # --- a payment's lifecycle (schema/deploy/payment_lifecycle.sql) ---------------------------
+
+    def observation_token(self) -> datetime:
+        """The database's clock_timestamp(), to be taken before a retrieve from Stripe."""
+        with self._pool.connection() as conn:
+            row = conn.execute(Q["observation_token"]).fetchone()
+        assert row is not None
+        token: datetime = row[0]
+        return token
+
+    def job_lifecycle_get(self, job: Job) -> LifecycleJob | None:
+        """The job's payment (and event), while this attempt holds the job; else None."""
+        with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            row = cur.execute(Q["job_lifecycle_get"], _held(job)).fetchone()
+        return None if row is None else LifecycleJob(**row)
+
+    def job_payment_observe(self, job: Job, token: datetime, intent: ObservedIntent) -> Observation:
+        """Writes the observation (if newer than the stored one and a move Stripe
+        makes), marks the job's event and completes the job, together."""
+        observed = asdict(intent)
+        observed.pop("request_id")
+        params = {**_held(job), "token": token, "intent": json.dumps(observed)}
+        with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            row = cur.execute(Q["job_payment_observe"], params).fetchone()
+        assert row is not None
+        return Observation(**row)
+
+    def job_lifecycle_ignore(self, job: Job, reason: str) -> bool:
+        """Completes the job, its event (if any) ignored for `reason`."""
+        params = {**_held(job), "reason": reason}
+        with self._pool.connection() as conn:
+            return _ours(conn.execute(Q["job_lifecycle_ignore"], params).fetchone())
+
+    def payment_reconcile_enqueue(self, after_seconds: float, max_jobs: int, rate: float) -> int:
+        params = {"after_seconds": after_seconds, "max": max_jobs, "rate": rate}
+        with self._pool.connection() as conn:
+            row = conn.execute(Q["payment_reconcile_enqueue"], params).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def stripe_event_newest_created(self) -> datetime | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(Q["stripe_event_newest_created"]).fetchone()
+        return None if row is None else row[0]
+
+    def stripe_event_record(self, event: Mapping[str, Any], source: str) -> str:
+        """stored, ignored (not ours) or duplicate."""
+        params = {"event": json.dumps(event), "source": source}
+        with self._pool.connection() as conn:
+            row = conn.execute(Q["stripe_event_record"], params).fetchone()
+        assert row is not None
+        return str(row[0])
 
 
 def _held(job: Job) -> dict[str, Any]:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
 
 import stripe
 from stripe.params import PaymentIntentCreateParams
 
 from worker import telemetry
-from worker.models import Payment, PaymentIntent
+from worker.models import ObservedIntent, Payment, PaymentIntent
+
+_T = TypeVar("_T")
 
 # Errors Stripe will answer the same way however often we ask: the payment
 # fails at once. Everything else (connection, timeout, 5xx, 409, 429) is
@@ -57,6 +61,7 @@ class StripeFailure(Exception):
         retry_now: bool = False,
         public_message: str | None = None,
         replayed_server_error: bool = False,
+        not_found: bool = False,
     ):
         super().__init__(message)
         self.message = message
@@ -67,6 +72,8 @@ class StripeFailure(Exception):
         self.retry_now = retry_now and not permanent
         # Stripe answered a 5xx it saved for this key: every retry with the key gets it.
         self.replayed_server_error = replayed_server_error
+        # Stripe has no such object (404 resource_missing): asking again changes nothing.
+        self.not_found = not_found
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,76 @@ class StripeGateway:
                     raise
                 # A stopping worker gives the failure to the queue at once rather
                 # than pause: the job is retried after its backoff, with this key.
+                if self._stop.wait(_RETRY_WAITS[min(retry, len(_RETRY_WAITS) - 1)]):
+                    raise
+            retry += 1
+
+    def retrieve_payment_intent(self, intent_id: str) -> ObservedIntent:
+        """The PaymentIntent as Stripe has it now, retried at once like a create. A 404
+        raises StripeFailure with `not_found`."""
+        intent = self._retrying(partial(self._retrieve_once, intent_id))
+        error = intent.last_payment_error
+        metadata: Any = intent.metadata or {}
+        return ObservedIntent(
+            id=intent.id,
+            status=str(intent.status),
+            amount=int(intent.amount),
+            currency=str(intent.currency),
+            amount_received=None if intent.amount_received is None else int(intent.amount_received),
+            metadata_payment_id=str(metadata["payment_id"]) if "payment_id" in metadata else None,
+            last_payment_error=None
+            if error is None
+            else {
+                "message": error.message if "message" in error else None,
+                "code": error.code if "code" in error else None,
+                "decline_code": error.decline_code if "decline_code" in error else None,
+            },
+            client_secret=intent.client_secret,
+            request_id=intent.last_response.request_id if intent.last_response else None,
+        )
+
+    def list_events(
+        self,
+        created_gte: int,
+        *,
+        starting_after: str | None = None,
+        types: str = "payment_intent.*",
+        max_pages: int = 10,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Stripe's events of `types` (a `*` wildcard allowed) created at or after
+        `created_gte` (unix seconds), newest first, at most `max_pages` pages of 100 from
+        `starting_after`; and the id to continue after, None when the list was read to
+        its end."""
+        events: list[dict[str, Any]] = []
+        cursor = starting_after
+        for _ in range(max_pages):
+            params: dict[str, Any] = {"type": types, "created": {"gte": created_gte}, "limit": 100}
+            if cursor is not None:
+                params["starting_after"] = cursor
+            page = self._retrying(partial(self._list_events_page, params))
+            events.extend(event.to_dict() for event in page.data)
+            if not page.has_more or not page.data:
+                return events, None
+            cursor = page.data[-1].id
+        return events, cursor
+
+    def _list_events_page(self, params: dict[str, Any]) -> Any:
+        with _measured("list_events"):
+            return self._client.v1.events.list(params)  # type: ignore[arg-type]
+
+    def _retrieve_once(self, intent_id: str) -> stripe.PaymentIntent:
+        with _measured("retrieve_payment_intent"):
+            return self._client.v1.payment_intents.retrieve(intent_id)
+
+    def _retrying(self, call: Callable[[], _T]) -> _T:
+        """A read, repeated at once after a momentary fault (as create is)."""
+        retry = 0
+        while True:
+            try:
+                return call()
+            except StripeFailure as failure:
+                if not failure.retry_now or retry >= self._retries:
+                    raise
                 if self._stop.wait(_RETRY_WAITS[min(retry, len(_RETRY_WAITS) - 1)]):
                     raise
             retry += 1
@@ -249,4 +326,5 @@ def _failure(exc: stripe.StripeError) -> StripeFailure:
         # parameter, a permission) would tell the caller about our account.
         public_message=exc.user_message if isinstance(exc, stripe.CardError) else None,
         replayed_server_error=replayed,
+        not_found=status == 404,
     )

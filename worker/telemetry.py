@@ -42,6 +42,25 @@ PAYMENT_LATENCY = Histogram(
     "From the payment's insert to its PaymentIntent being stored (status pending).",
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 120.0, 600.0),
 )
+EVENT_APPLY = Histogram(
+    PREFIX + "event_apply_seconds",
+    "From a Stripe event's receipt (received_at) to its application to the payment.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
+)
+OBSERVATIONS = Counter(
+    PREFIX + "payment_observations_total",
+    "PaymentIntents read from Stripe and offered to the payment, by job kind and result"
+    " (written, stale, refused, ignored).",
+    ["kind", "result"],
+)
+RECONCILE_QUEUED = Counter(
+    PREFIX + "reconcile_queued_total",
+    "sync_payment jobs the reconciler queued for payments not reflecting Stripe for too long.",
+)
+BACKFILLED = Counter(
+    PREFIX + "backfill_events_total",
+    "Events found in Stripe's event list that we did not hold, recorded by the backfill.",
+)
 JOBS_RESCUED = Counter(
     PREFIX + "jobs_rescued_total", "Jobs taken back from a dead or stuck worker.", ["queue"]
 )

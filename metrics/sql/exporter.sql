@@ -18,3 +18,12 @@ SELECT status, payments FROM payments.payment_recent_counts()
 
 -- name: ping
 SELECT 1
+
+-- name: stripe_events_unapplied
+-- Events whose apply job has not applied them, and the oldest one's age (0
+-- when none waits, so the alert on it always has a series).
+SELECT events, oldest_age_seconds FROM payments.stripe_event_unapplied()
+
+-- name: payments_open_by_status
+-- Payments not yet final, whenever created; each open status has a row.
+SELECT status, payments FROM payments.payment_open_counts()

@@ -40,6 +40,14 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "payment_worker_heartbeat_timestamp_seconds": (GAUGE, frozenset()),
     # pid: the exporter's, one series per live worker process (multiprocess mode liveall).
     "payment_worker_loop_heartbeat_timestamp_seconds": (GAUGE, frozenset({"loop", "pid"})),
+    # A payment's lifecycle (issue 10).
+    "payment_worker_event_apply_seconds": (HISTOGRAM, frozenset()),
+    "payment_worker_payment_observations_total": (COUNTER, frozenset({"kind", "result"})),
+    "payment_worker_reconcile_queued_total": (COUNTER, frozenset()),
+    "payment_worker_backfill_events_total": (COUNTER, frozenset()),
+    "payment_worker_stripe_events_unapplied": (GAUGE, frozenset()),
+    "payment_worker_oldest_unapplied_event_age_seconds": (GAUGE, frozenset()),
+    "payment_worker_payments_open": (GAUGE, frozenset({"status"})),
 }
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every series
 SCRAPE_JOB = "payment-worker"

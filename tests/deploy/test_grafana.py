@@ -109,6 +109,9 @@ def panel_using(dashboard: dict[str, Any], metric: str) -> list[dict[str, Any]]:
         ("payment_worker_stripe_request_duration_seconds_count", 'outcome="error"'),
         ("payment_worker_jobs_finished_total", "by (outcome)"),
         ("payment_worker_workers_up", ""),
+        ("payment_worker_event_apply_seconds_bucket", "histogram_quantile(0.99,"),
+        ("payment_worker_oldest_unapplied_event_age_seconds", ""),
+        ("payment_worker_payments_open", "by (status)"),
     ],
 )
 def test_the_dashboard_shows(dashboard: dict[str, Any], metric: str, needle: str) -> None:

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.types.json import Json
 
 from metrics.collectors import build_registry
 from metrics.config import ConfigError, ExporterConfig
 from metrics.database import DatabaseReader
 from metrics.server import ExporterApp, ExporterServer, serve
 from tests.integration.conftest import MakeRole, role_url
+from tests.integration.rows import insert_payment
 from tests.integration.waiting import wait_until
 from tests.unit.test_metrics_multiprocess import run_worker_like
 
@@ -103,6 +105,48 @@ def test_queue_and_payments_are_read_at_scrape_time(
 def test_oldest_age_is_zero_when_nothing_waits(exporter: str) -> None:
     _, body = get(exporter + "/metrics")
     assert 'payment_worker_oldest_available_job_age_seconds{queue="payments"} 0.0' in body
+    assert "payment_worker_oldest_unapplied_event_age_seconds 0.0" in body.splitlines()
+    assert "payment_worker_stripe_events_unapplied 0.0" in body.splitlines()
+
+
+def test_unapplied_events_and_open_payments_are_read_at_scrape_time(
+    conn: psycopg.Connection, exporter: str
+) -> None:
+    payment_id = insert_payment(conn)
+    conn.execute(
+        "UPDATE payments.transactions SET status = 'processing', provider_payment_id = 'pi_1',"
+        " provider_client_secret = 'pi_1_secret_x' WHERE id = %s",
+        (payment_id,),
+    )
+    insert_payment(conn)
+    for n, (age, outcome) in enumerate([("90 s", "pending"), ("10 s", "pending"), ("1 h", None)]):
+        event = {
+            "id": f"evt_{n}",
+            "object": "event",
+            "type": "payment_intent.processing",
+            "created": 1764600000,
+            "livemode": False,
+            "data": {"object": {"object": "payment_intent", "id": "pi_1"}},
+        }
+        conn.execute("SELECT payments.stripe_event_record(%s::jsonb, 'webhook')", (Json(event),))
+        conn.execute(
+            "UPDATE payments.stripe_events SET received_at = now() - %s::interval,"
+            " outcome = coalesce(%s, 'applied'),"
+            " processed_at = CASE WHEN %s::text IS NULL THEN now() END WHERE id = %s",
+            (age, outcome, outcome, event["id"]),
+        )
+    _, body = get(exporter + "/metrics")
+    lines = body.splitlines()
+    assert "payment_worker_stripe_events_unapplied 2.0" in lines
+    (age_line,) = [x for x in lines if x.startswith("payment_worker_oldest_unapplied_event_age")]
+    assert 90 <= float(age_line.split()[-1]) < 120
+    for status, count in [
+        ("pending_intent", 1),
+        ("pending", 0),
+        ("processing", 1),
+        ("requires_capture", 0),
+    ]:
+        assert f'payment_worker_payments_open{{status="{status}"}} {count}.0' in lines
 
 
 def test_health_needs_a_live_worker(exporter: str, tmp_path: Path) -> None:
@@ -256,6 +300,8 @@ def test_the_exporter_reads_as_a_login_that_may_read_no_table(
     assert snapshot.jobs == [("payments", "create_payment_intent", "available", 1)]
     assert [queue for queue, _ in snapshot.oldest_available] == ["payments"]
     assert snapshot.payments == [("pending_intent", 1)]
+    assert (snapshot.events_unapplied, snapshot.oldest_unapplied_event_age) == (0, 0.0)
+    assert dict(snapshot.payments_open)["pending_intent"] == 1
     refused = [
         "SELECT count(*) FROM metadata.river_job",
         "SELECT count(*) FROM payments.transactions",

@@ -22,7 +22,7 @@ from tests.integration.rows import (
     payment_row,
     set_queue,
 )
-from worker.handlers import PAYMENT_GIVEN_UP, caller_reason
+from worker.handlers import EVENT_GIVEN_UP, PAYMENT_GIVEN_UP, caller_reason
 from worker.service import StartupError, Worker
 from worker.store import Store
 
@@ -156,8 +156,12 @@ def test_a_discard_the_effect_cannot_apply_is_rolled_back_whole(
 
 
 def test_the_given_up_effect_is_the_one_the_handlers_register(conn: psycopg.Connection) -> None:
-    kinds = conn.execute("SELECT kind, given_up::text FROM payments.job_kind").fetchall()
-    assert kinds == [("create_payment_intent", PAYMENT_GIVEN_UP)]
+    kinds = conn.execute("SELECT kind, given_up::text FROM payments.job_kind ORDER BY 1").fetchall()
+    assert kinds == [
+        ("apply_stripe_event", EVENT_GIVEN_UP),
+        ("create_payment_intent", PAYMENT_GIVEN_UP),
+        ("sync_payment", None),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,16 @@ from worker.store import DedicatedConnection, NotificationConnection
 from worker.stripe_gateway import StripeFailure, StripeGateway, StripeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-LOOPS = ["producer", "listener", "leadership", "scheduler", "rescuer", "cleaner"]
+LOOPS = [
+    "producer",
+    "listener",
+    "leadership",
+    "scheduler",
+    "rescuer",
+    "cleaner",
+    "reconciler",
+    "backfill",
+]
 
 
 class Injected(RuntimeError):
@@ -81,8 +90,9 @@ def test_a_loop_that_raises_ends_the_worker_with_one_clear_line(
         raised.set()
         raise Injected(f"injected into the {loop} loop")
 
-    # The cleaner's own interval is a minute; the others come round within a second.
-    if loop == "cleaner":
+    # The cleaner's and the backfill's own intervals are minutes; the others come round
+    # within a second.
+    if loop in ("cleaner", "backfill"):
         part.interval = 0.2
     part.run_once = broken
     caplog.set_level(logging.INFO, logger="worker")

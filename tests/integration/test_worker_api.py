@@ -174,8 +174,12 @@ def test_no_function_a_worker_may_run_returns_a_secret(conn: psycopg.Connection)
         "  AND has_function_privilege('payment_worker', p.oid, 'execute')"
     ).fetchall()
     assert len(rows) >= 16
+    # A clock reading or an outcome word cannot carry a secret either.
+    words = {"payments.stripe_event_record(jsonb,text)"}
     for signature, returns, columns in rows:
-        assert returns in ("boolean", "integer", "record"), signature
+        assert returns in ("boolean", "integer", "record", "timestamp with time zone") or (
+            returns == "text" and signature in words
+        ), signature
         assert not [c for c in columns if "secret" in c or "dsn" in c], (signature, columns)
 
 

@@ -404,3 +404,66 @@ def test_worker_api_reverts_to_exactly_what_was_there(empty_database: MakeDataba
     sqitch_ok("verify", db)
     with connect(db) as conn:
         assert privileges_and_policies(conn) == deployed
+
+
+def lifecycle_catalog(conn: psycopg.Connection) -> dict[str, object]:
+    """What payment_lifecycle changes beyond privileges and functions: constraints,
+    triggers, indexes and the registered kinds."""
+    return {
+        **privileges_and_policies(conn),
+        "constraints": conn.execute(
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
+            " FROM pg_constraint WHERE connamespace = 'payments'::regnamespace ORDER BY 1, 2"
+        ).fetchall(),
+        "triggers": conn.execute(
+            "SELECT tgrelid::regclass::text, tgname, tgenabled, pg_get_triggerdef(oid)"
+            " FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2"
+        ).fetchall(),
+        "indexes": conn.execute(
+            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index"
+            " JOIN pg_class c ON c.oid = indrelid"
+            " WHERE c.relnamespace IN ('payments'::regnamespace, 'metadata'::regnamespace)"
+            " ORDER BY 1"
+        ).fetchall(),
+        "kinds": conn.execute("SELECT * FROM payments.job_kind ORDER BY 1").fetchall(),
+        "comments": conn.execute(
+            "SELECT obj_description('public.get_payment(uuid)'::regprocedure, 'pg_proc')"
+        ).fetchall(),
+    }
+
+
+def test_payment_lifecycle_reverts_to_exactly_what_was_there(
+    empty_database: MakeDatabase,
+) -> None:
+    db = empty_database()
+    sqitch_ok("deploy", db, "--to", "payment_lifecycle^")
+    with connect(db) as conn:
+        before = lifecycle_catalog(conn)
+        conn.execute("INSERT INTO payments.transactions (amount, currency) VALUES (2500, 'USD')")
+
+    sqitch_ok("deploy", db)
+    with connect(db) as conn:
+        deployed = lifecycle_catalog(conn)
+        assert deployed != before
+        # A payment moved on to a status the old schema does not know, and a sync job.
+        conn.execute(
+            "UPDATE payments.transactions SET status = 'requires_capture',"
+            " provider_status = 'requires_capture', provider_payment_id = 'pi_1',"
+            " provider_client_secret = 'pi_1_secret_x'"
+        )
+        assert conn.execute("SELECT payments.resync(id) FROM payments.transactions").fetchone() == (
+            True,
+        )
+
+    sqitch_ok("revert", db, "-y", "--to", "payment_lifecycle^")
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == before
+        assert conn.execute("SELECT status FROM payments.transactions").fetchall() == [("pending",)]
+        assert conn.execute(
+            "SELECT count(*) FROM metadata.river_job WHERE kind = 'sync_payment'"
+        ).fetchone() == (0,)
+
+    sqitch_ok("deploy", db)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == deployed

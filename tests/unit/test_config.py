@@ -23,6 +23,8 @@ def test_defaults() -> None:
     assert config.concurrency == 10
     assert config.stripe_read_timeout == 30.0
     assert config.stripe_connect_timeout == 5.0
+    assert (config.reconcile_after, config.reconcile_rate) == (600.0, 5.0)
+    assert config.backfill_interval == 300.0
 
 
 def test_values_are_read() -> None:
@@ -34,7 +36,15 @@ def test_values_are_read() -> None:
             "DB_MAX_CONNS": "8",
             "STRIPE_API_BASE": "http://127.0.0.1:12111/",
             "WORKER_CONCURRENCY": "3",
+            "RECONCILE_AFTER": "120",
+            "RECONCILE_RATE": "0.5",
+            "BACKFILL_INTERVAL": "60",
         }
+    )
+    assert (config.reconcile_after, config.reconcile_rate, config.backfill_interval) == (
+        120.0,
+        0.5,
+        60.0,
     )
     assert config.payment_currency == "EUR"
     assert (config.db_min_conns, config.db_max_conns) == (2, 8)
@@ -59,6 +69,11 @@ def test_values_are_read() -> None:
         # Below payments.config.min_job_retention, which the database enforces too.
         ({"CLEANER_COMPLETED_RETENTION": "3599"}, "CLEANER_COMPLETED_RETENTION must be between"),
         ({"CLEANER_DISCARDED_RETENTION": "60"}, "CLEANER_DISCARDED_RETENTION must be between"),
+        ({"RECONCILE_AFTER": "0"}, "RECONCILE_AFTER must be between 1 and"),
+        # Stripe allows 100 reads a second in live mode: stay far below.
+        ({"RECONCILE_RATE": "50"}, "RECONCILE_RATE must be between 0.1 and 20, got 50"),
+        ({"RECONCILE_RATE": "fast"}, "RECONCILE_RATE must be a number, got 'fast'"),
+        ({"BACKFILL_INTERVAL": "1"}, "BACKFILL_INTERVAL must be between"),
         ({"WORKER_ID": "w" * 128}, "WORKER_ID must be at most 127 characters, got 128"),
     ],
 )

@@ -1,0 +1,338 @@
+"""What webhooks miss: the reconciler's sync_payment jobs for payments that have not
+reflected Stripe for RECONCILE_AFTER, payments.resync() for one at once, and the backfill
+from Stripe's event list."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+
+from tests import pg
+from tests.integration import lifecycle as lc
+from tests.integration.conftest import MakeRole, connect_as
+from tests.integration.rows import QUEUE, claim, insert_payment, payment_row
+from worker.executor import JobExecutor
+from worker.maintenance import Backfill, Leadership, Reconciler
+from worker.store import Store
+from worker.stripe_gateway import StripeGateway
+
+
+@pytest.fixture
+def stripe() -> Iterator[lc.InProcessStandin]:
+    standin = lc.InProcessStandin()
+    yield standin
+    standin.close()
+
+
+@pytest.fixture
+def gateway(stripe: lc.InProcessStandin) -> StripeGateway:
+    return lc.gateway_for(stripe.url)
+
+
+@pytest.fixture
+def executor(store: Store, gateway: StripeGateway) -> JobExecutor:
+    return lc.executor_for(store, gateway)
+
+
+@pytest.fixture
+def stop() -> threading.Event:
+    return threading.Event()
+
+
+def reconciler(store: Store, stop: threading.Event, **kwargs: float) -> Reconciler:
+    return Reconciler(
+        store, Leadership(store, stop=stop), queue=QUEUE, stop=stop, after=60, **kwargs
+    )
+
+
+def created_payment(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, owner: str | None = pg.USER
+) -> tuple[UUID, str]:
+    payment_id = insert_payment(conn, 2500, owner_role=owner)
+    assert lc.run_available(store, executor) == 1
+    return payment_id, lc.intent_id_of(conn, payment_id)
+
+
+def last_synced(conn: psycopg.Connection, payment_id: UUID, ago: str = "1 hour") -> None:
+    """The payment last reflected Stripe `ago` (as if nothing had been heard since)."""
+    conn.execute(
+        "UPDATE payments.transactions SET provider_synced_at = now() - %s::interval WHERE id = %s",
+        (ago, payment_id),
+    )
+
+
+def sync_jobs(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    return [
+        (str(r[0]), str(r[1]))
+        for r in conn.execute(
+            "SELECT args->>'payment_id', state FROM metadata.river_job"
+            " WHERE kind = 'sync_payment' ORDER BY id"
+        )
+    ]
+
+
+# --- the reconciler -----------------------------------------------------------------------------
+
+
+def test_with_no_event_at_all_reconciliation_brings_the_payment_to_stripes_state(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+) -> None:
+    payment_id, intent_id = created_payment(conn, store, executor)
+    stripe.move(intent_id, "succeeded")  # and its webhook never arrives
+    last_synced(conn, payment_id)
+    loop = reconciler(store, stop)
+
+    # Phase 1: one sync_payment job, and no second while it waits.
+    assert loop.run_once() == 1
+    assert loop.run_once() == 0
+    assert sync_jobs(conn) == [(str(payment_id), "available")]
+
+    # Phase 2: the job reads Stripe; the payment is fresh and final, nothing more to do.
+    assert lc.run_available(store, executor) == 1
+    row = payment_row(conn, payment_id)
+    assert (row["status"], row["provider_status"], row["amount_received"]) == (
+        "succeeded",
+        "succeeded",
+        2500,
+    )
+    assert loop.run_once() == 0
+    assert conn.execute("SELECT count(*) FROM payments.stripe_events").fetchone() == (0,)
+
+
+def test_a_payment_that_reflected_stripe_recently_is_not_reconciled(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, stop: threading.Event
+) -> None:
+    fresh, _ = created_payment(conn, store, executor)
+    stale, _ = created_payment(conn, store, executor)
+    last_synced(conn, fresh, "30 seconds")
+    last_synced(conn, stale, "90 seconds")
+    assert reconciler(store, stop).run_once() == 1
+    assert sync_jobs(conn) == [(str(stale), "available")]
+
+
+def test_final_payments_and_those_without_an_intent_are_not_reconciled(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+) -> None:
+    done, intent_id = created_payment(conn, store, executor)
+    lc.record(conn, lc.event(stripe.move(intent_id, "succeeded"), "payment_intent.succeeded"))
+    lc.run_available(store, executor)
+    last_synced(conn, done)
+    insert_payment(conn)  # its create job has not run: no intent to read
+    assert reconciler(store, stop).run_once() == 0
+    assert sync_jobs(conn) == []
+
+
+def test_reconciliation_is_bounded_and_spread_at_its_rate(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, stop: threading.Event
+) -> None:
+    payments = [created_payment(conn, store, executor)[0] for _ in range(7)]
+    for payment_id in payments:
+        last_synced(conn, payment_id)
+    loop = reconciler(store, stop, rate=4, interval=1)
+
+    assert loop.run_once() == 4
+    delays = [
+        r[0]
+        for r in conn.execute(
+            "SELECT scheduled_at - min(scheduled_at) OVER () FROM metadata.river_job"
+            " WHERE kind = 'sync_payment' ORDER BY scheduled_at"
+        )
+    ]
+    assert delays == [timedelta(seconds=s) for s in (0, 0.25, 0.5, 0.75)]
+    assert loop.run_once() == 3
+    assert loop.run_once() == 0
+    assert sorted(p for p, _ in sync_jobs(conn)) == sorted(str(p) for p in payments)
+
+
+def test_the_reconcilers_settings_are_checked_at_construction(
+    store: Store, stop: threading.Event
+) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        reconciler(store, stop, rate=0)
+    with pytest.raises(ValueError, match="after"):
+        Reconciler(store, Leadership(store, stop=stop), queue=QUEUE, stop=stop, after=0.5)
+
+
+def test_a_sync_of_an_intent_stripe_lost_completes_without_a_change(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+) -> None:
+    payment_id, _ = created_payment(conn, store, executor)
+    stripe.app.intents.clear()
+    last_synced(conn, payment_id)
+    assert reconciler(store, stop).run_once() == 1
+    assert lc.run_available(store, executor) == 1
+    assert sync_jobs(conn) == [(str(payment_id), "completed")]
+    assert payment_row(conn, payment_id)["status"] == "pending"
+
+
+# --- payments.resync ------------------------------------------------------------------------------
+
+
+def test_resync_queues_one_reread_at_a_time(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, stripe: lc.InProcessStandin
+) -> None:
+    payment_id, intent_id = created_payment(conn, store, executor)
+    stripe.move(intent_id, "processing")
+    assert conn.execute("SELECT payments.resync(%s)", (payment_id,)).fetchone() == (True,)
+    assert conn.execute("SELECT payments.resync(%s)", (payment_id,)).fetchone() == (False,)
+
+    # Taken by a worker (its token may predate what the caller wants seen): a new one queues.
+    job = claim(store)
+    assert conn.execute("SELECT payments.resync(%s)", (payment_id,)).fetchone() == (True,)
+    executor.execute(job)
+    assert lc.run_available(store, executor) == 1
+    assert lc.status_of(conn, payment_id) == "processing"
+
+
+def test_resync_says_clearly_what_it_cannot_do(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor
+) -> None:
+    unknown = uuid4()
+    with pytest.raises(psycopg.errors.NoDataFound, match=f"payment {unknown} does not exist"):
+        conn.execute("SELECT payments.resync(%s)", (unknown,))
+    waiting = insert_payment(conn)
+    claim(store, "slow-creator")  # its create job is still at work
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="no PaymentIntent yet"):
+        conn.execute("SELECT payments.resync(%s)", (waiting,))
+
+
+def test_a_client_may_resync_its_own_payment_only(
+    conn: psycopg.Connection,
+    database_url: str,
+    store: Store,
+    executor: JobExecutor,
+    login_role: MakeRole,
+) -> None:
+    alice, bob = login_role("payment_client"), login_role("payment_client")
+    alices, _ = created_payment(conn, store, executor, owner=alice)
+    with connect_as(database_url, alice) as session:
+        assert session.execute("SELECT payments.resync(%s)", (alices,)).fetchone() == (True,)
+    with (
+        connect_as(database_url, bob) as session,
+        pytest.raises(psycopg.errors.NoDataFound, match="does not exist"),
+    ):
+        session.execute("SELECT payments.resync(%s)", (alices,))
+    worker = login_role("payment_worker")
+    with (
+        connect_as(database_url, worker) as session,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        session.execute("SELECT payments.resync(%s)", (alices,))
+    assert len(sync_jobs(conn)) == 1
+
+
+# --- the backfill ---------------------------------------------------------------------------------
+
+
+def backfill(store: Store, gateway: StripeGateway, stop: threading.Event, **kw: int) -> Backfill:
+    return Backfill(store, Leadership(store, stop=stop), gateway, queue=QUEUE, stop=stop, **kw)
+
+
+def test_the_backfill_records_what_the_receiver_missed_and_applies_it(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    gateway: StripeGateway,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+) -> None:
+    stripe.serve_events()
+    payment_id, intent_id = created_payment(conn, store, executor)
+    held = lc.event(stripe.intent(intent_id), "payment_intent.created")
+    held["created"] -= 3600
+    stripe.events.append(held)
+    assert lc.record(conn, held) == "stored"
+    lc.run_available(store, executor)
+    # The receiver was down for these two; a charge event is not listed (payment_intent.*).
+    missed = [
+        lc.event(stripe.move(intent_id, "processing"), "payment_intent.processing"),
+        lc.event(stripe.intent(intent_id), "charge.pending"),
+        lc.event(stripe.move(intent_id, "succeeded"), "payment_intent.succeeded"),
+    ]
+    stripe.events.extend(missed)
+
+    assert backfill(store, gateway, stop).run_once() == 2
+    asked = stripe.event_requests[0]
+    assert asked["type"] == ["payment_intent.*"]
+    assert asked["created[gte]"] == [str(held["created"] - 300)]
+    sources = conn.execute(
+        "SELECT id, source FROM payments.stripe_events ORDER BY created, id"
+    ).fetchall()
+    assert dict(sources) == {
+        held["id"]: "webhook",
+        missed[0]["id"]: "backfill",
+        missed[2]["id"]: "backfill",
+    }
+    lc.run_available(store, executor)
+    assert lc.status_of(conn, payment_id) == "succeeded"
+    # Again: every listed event is held, so nothing new.
+    assert backfill(store, gateway, stop).run_once() == 0
+
+
+def test_a_long_list_is_read_over_several_passes_without_a_gap(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    gateway: StripeGateway,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+) -> None:
+    stripe.serve_events()
+    _, intent_id = created_payment(conn, store, executor)
+    stripe.events.extend(
+        lc.event(stripe.intent(intent_id), "payment_intent.requires_action") for _ in range(250)
+    )
+    loop = backfill(store, gateway, stop, max_pages=2)
+    assert loop.run_once() == 200
+    assert loop.run_once() == 50
+    assert loop.run_once() == 0
+    assert conn.execute("SELECT count(*) FROM payments.stripe_events").fetchone() == (250,)
+
+
+def test_an_outage_between_two_passes_is_covered_though_newer_events_arrived(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    gateway: StripeGateway,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+) -> None:
+    stripe.serve_events()
+    payment_id, intent_id = created_payment(conn, store, executor)
+    loop = backfill(store, gateway, stop)
+
+    # Phase 1: a pass reads the whole list (empty): covered up to its start.
+    assert loop.run_once() == 0
+    assert loop.covered is not None
+    covered = int(loop.covered.timestamp())
+
+    # Phase 2: the receiver misses one event, then is back and records a much newer one.
+    missed = lc.event(stripe.move(intent_id, "processing"), "payment_intent.processing")
+    newer = lc.event(stripe.move(intent_id, "succeeded"), "payment_intent.succeeded")
+    newer["created"] = missed["created"] + 3600
+    stripe.events.extend([missed, newer])
+    assert lc.record(conn, newer) == "stored"
+
+    # Phase 3: the next pass starts from the last complete one, not from the newest held.
+    assert loop.run_once() == 1
+    assert stripe.event_requests[-1]["created[gte]"] == [str(covered - 300)]
+    assert lc.event_row(conn, missed["id"])["source"] == "backfill"
+    lc.run_available(store, executor)
+    assert lc.status_of(conn, payment_id) == "succeeded"
