@@ -16,6 +16,8 @@ OUTCOMES = ("stored", "duplicate", "ignored")
 # its own timeout for an answer; better a quick 503 (it retries) than a hang.
 CONNECTION_WAIT_SECONDS = 5.0
 STATEMENT_TIMEOUT_MS = 5000
+# On the way out: how long the pool waits for its connections to be returned.
+POOL_CLOSE_SECONDS = 5.0
 
 
 class StoreUnavailable(Exception):
@@ -52,7 +54,7 @@ class EventStore:
         await self._pool.open(wait=False)
 
     async def close(self) -> None:
-        await self._pool.close(timeout=5.0)
+        await self._pool.close(timeout=POOL_CLOSE_SECONDS)
 
     async def record(self, event_text: str) -> str:
         """Stores a verified event with its job, committed on return: its outcome."""
