@@ -109,6 +109,9 @@ def panel_using(dashboard: dict[str, Any], metric: str) -> list[dict[str, Any]]:
         ("payment_worker_stripe_request_duration_seconds_count", 'outcome="error"'),
         ("payment_worker_jobs_finished_total", "by (outcome)"),
         ("payment_worker_workers_up", ""),
+        ("payment_worker_webhook_events_total", "by (outcome)"),
+        ("payment_worker_webhook_rejections_total", "by (reason)"),
+        ("payment_worker_webhook_request_seconds_bucket", "histogram_quantile(0.99,"),
     ],
 )
 def test_the_dashboard_shows(dashboard: dict[str, Any], metric: str, needle: str) -> None:

@@ -39,6 +39,7 @@ EXPECTED_ALERTS = {
     "WorkerLoopStalled",
     "JobsDiscarded",
     "PaymentLatencyP99High",
+    "StripeWebhookSignatureRejections",
 }
 README_SECTIONS = {"Failure modes", "Troubleshooting"}
 
