@@ -4,9 +4,11 @@ port, logged in as a member of payment_webhook, signatures checked by the real S
 from __future__ import annotations
 
 import http.client
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -371,6 +373,71 @@ def test_sigterm_stops_it_with_status_0(receiver: Receiver) -> None:
     assert receiver.request("GET", "/healthz").json() == {"database": "ok"}
     assert receiver.stop() == 0
     assert receiver.log_lines()[-1]["msg"] == "receiver stopped"
+
+
+def waiting_on_a_lock(conn: psycopg.Connection, login: str, count: int) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND wait_event_type = 'Lock'",
+        (login,),
+    ).fetchone()
+    return row is not None and row[0] == count
+
+
+def test_a_delivery_in_hand_at_sigterm_is_finished_and_answered_before_it_exits(
+    receiver: Receiver, conn: psycopg.Connection, database_url: str, webhook_login: str
+) -> None:
+    payment = insert_payment(conn)
+    sent = event(intent(payment))
+    answers: list[Any] = []
+    with psycopg.connect(database_url) as blocker:
+        # Another transaction holds the event's id: the receiver's insert waits for it.
+        blocker.execute(
+            "SELECT payments.stripe_event_record(%s::jsonb, 'backfill')", (body_of(sent).decode(),)
+        )
+        delivery = threading.Thread(target=lambda: answers.append(receiver.deliver(sent)))
+        delivery.start()
+        wait_until(lambda: waiting_on_a_lock(conn, webhook_login, 1), 10, "the insert waits")
+        assert receiver.process is not None
+        receiver.process.send_signal(signal.SIGTERM)
+        wait_until(
+            lambda: any(line["msg"] == "Shutting down" for line in receiver.log_lines()),
+            10,
+            "uvicorn's shutdown began",
+        )
+        blocker.rollback()  # the id is free again: the receiver's own insert goes ahead
+    delivery.join(15)
+    [answer] = answers
+    assert (answer.status, answer.json()["outcome"]) == (200, "stored")
+    assert receiver.stop() == 0
+    assert [(r["id"], r["source"]) for r in events_rows(conn)] == [(sent["id"], "webhook")]
+    assert len(apply_jobs(conn)) == 1
+
+
+def test_two_deliveries_of_one_event_at_once_store_it_once(
+    receiver: Receiver, conn: psycopg.Connection, database_url: str, webhook_login: str
+) -> None:
+    payment = insert_payment(conn)
+    sent = event(intent(payment))
+    answers: list[Any] = []
+    with psycopg.connect(database_url) as holder:
+        # Hold the table so that both deliveries are in the database at once.
+        holder.execute("LOCK TABLE payments.stripe_events IN SHARE MODE")
+        threads = [
+            threading.Thread(target=lambda s=s: answers.append(receiver.deliver(sent, secret=s)))
+            for s in (SECRET, OLD_SECRET)
+        ]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: waiting_on_a_lock(conn, webhook_login, 2), 10, "both wait")
+        holder.commit()
+    for thread in threads:
+        thread.join(15)
+    assert sorted((a.status, a.json()["outcome"]) for a in answers) == [
+        (200, "duplicate"),
+        (200, "stored"),
+    ]
+    assert len(events_rows(conn)) == 1
+    assert len(apply_jobs(conn)) == 1
 
 
 # --- configuration -----------------------------------------------------------------------------
