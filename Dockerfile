@@ -40,12 +40,13 @@ WORKDIR /app
 COPY common/ ./common/
 COPY worker/ ./worker/
 COPY metrics/ ./metrics/
+COPY webhooks/ ./webhooks/
 COPY supervisord.conf ./
 # /app and the code stay root's: the app user can read and run them, never replace them.
 # supervisord.conf writes its socket, pidfile and the workers' metrics files under
 # %(here)s/.run: here a root-owned link to /run/payment-worker, the one directory the
 # user owns (Kubernetes mounts an emptyDir there, so the root filesystem can be read-only).
-RUN python -m compileall -q common worker metrics \
+RUN python -m compileall -q common worker metrics webhooks \
     && install -d -o app -g app -m 0700 /run/payment-worker \
     && ln -s /run/payment-worker /app/.run
 

@@ -18,7 +18,7 @@ venv: ## create .venv: requirements.lock (hash-checked), then requirements-dev.t
 lock: ## regenerate requirements.lock (pinned, hashed) from requirements.txt; LOCK_ARGS=--upgrade
 	@scripts/lock.sh
 
-lint: venv ## ruff check, ruff format --check, mypy (strict on worker/ and metrics/)
+lint: venv ## ruff check, ruff format --check, mypy (strict on worker/, metrics/, webhooks/, ...)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -1,6 +1,6 @@
 """`make bench`: every measurement of issue 5 in one run, one table, bench/RESULTS.md.
 
-    scripts/with-env.sh .venv/bin/python -m bench [--quick] [--only rpc,noop,throughput]
+    scripts/with-env.sh .venv/bin/python -m bench [--quick] [--only rpc,noop,throughput,webhooks]
 
 Each database it uses is a fresh one it creates (pw_bench_<pid>_...) and drops at the
 end, never the `payment_worker` database of `make run`. See bench/RESULTS.md, "Method"."""
@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 from stripe_standin.process import StandinProcess
 
-from bench import peers_venv, report, rpc_latency, throughput
+from bench import peers_venv, report, rpc_latency, throughput, webhooks
 from bench.common import BENCH_DIR, ROOT, admin_url, as_login, database_url
 from bench.supervised import BenchSupervisord
 
@@ -83,11 +83,13 @@ def drop_stale_logins(admin: psycopg.Connection[Any]) -> None:
 
 
 @contextlib.contextmanager
-def worker_login(groups: tuple[str, ...] = ("payment_worker",)) -> Iterator[tuple[str, str]]:
+def worker_login(
+    groups: tuple[str, ...] = ("payment_worker",), suffix: str = "worker"
+) -> Iterator[tuple[str, str]]:
     """(user, password) of a LOGIN role that is only a member of `groups`, as the workers
     run in production; dropped at the end. The password matters only on a server that
     asks for one."""
-    name, password = PREFIX + "worker", secrets.token_urlsafe(18)
+    name, password = PREFIX + suffix, secrets.token_urlsafe(18)
     with psycopg.connect(admin_url(), autocommit=True) as admin:
         admin.execute(
             sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER PASSWORD {}").format(
@@ -234,6 +236,29 @@ def section_throughput(create: Any, args: argparse.Namespace, runs: Path) -> lis
     return results
 
 
+def section_webhooks(create: Any, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
+    dsn = create("webhooks", template="tpl")
+    with worker_login(("payment_webhook",), suffix="webhook") as login:
+        log(
+            f"webhooks: {webhooks.RATE:g} events/s, {args.webhook_warmup:g} s warm-up + "
+            f"{args.webhook_duration:g} s"
+        )
+        result = webhooks.run(
+            dsn,
+            as_login(dsn, *login),
+            runs / "webhooks",
+            rate=webhooks.RATE,
+            warmup=args.webhook_warmup,
+            duration=args.webhook_duration,
+        )
+    ack = result["ack_ms"]
+    log(
+        f"  ack p50 {ack['p50']:.2f} ms, p99 {ack['p99']:.2f} ms; receiver peak RSS "
+        f"{report.mb(result['receiver_hwm_kb']):.1f} MB"
+    )
+    return result
+
+
 # --- environment --------------------------------------------------------------------------
 
 
@@ -318,7 +343,7 @@ def other_load() -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny runs, to check the harness")
-    parser.add_argument("--only", default="rpc,noop,throughput")
+    parser.add_argument("--only", default="rpc,noop,throughput,webhooks")
     parser.add_argument("--results", default=str(BENCH_DIR / "RESULTS.md"))
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     parser.add_argument(
@@ -331,7 +356,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.noop_jobs, args.latency_jobs, args.latency_interval = 10_000, 300, 0.02
     args.counts, args.warmup, args.duration = (1, 2, 4, 8), 3.0, 8.0
     args.sustained_workers, args.sustained_warmup, args.sustained = 8, 5.0, 60.0
+    args.webhook_warmup, args.webhook_duration = 3.0, 20.0
     if args.quick:
+        args.webhook_warmup, args.webhook_duration = 1.0, 3.0
         args.rpc_calls, args.noop_jobs, args.latency_jobs = 100, 1000, 50
         args.counts, args.warmup, args.duration = (1, 2), 1.0, 3.0
         args.sustained_workers, args.sustained_warmup, args.sustained = 2, 1.0, 5.0
@@ -363,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             results["noop"] = section_noop(create, args, runs)
         if "throughput" in args.only:
             results["throughput"] = section_throughput(create, args, runs)
+        if "webhooks" in args.only:
+            results["webhooks"] = section_webhooks(create, args, runs)
     results["load_after"] = other_load()
     results["environment"] = environment(results.get("noop"))
     results["runtime_s"] = time.monotonic() - started

@@ -143,6 +143,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             target,
             met,
         )
+    if results.get("webhooks"):
+        from bench import webhooks
+
+        out += webhooks.rows(results["webhooks"])
     return out
 
 

@@ -219,6 +219,8 @@ def test_without_river_worker_count_one_worker_runs(
         "worker-scaler",
         "metrics",
         "metrics-reaper",
+        # spawned, then stopped at its own request: no STRIPE_WEBHOOK_SECRET here
+        "webhooks",
     }
     started = {name for name, p in sup.workers().items() if p["statename"] != "STOPPED"}
     assert started == {"worker-00"}

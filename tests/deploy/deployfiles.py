@@ -49,6 +49,16 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "payment_worker_oldest_unapplied_event_age_seconds": (GAUGE, frozenset()),
     "payment_worker_payments_open": (GAUGE, frozenset({"status"})),
 }
+# ... and of the webhook receiver (`python -m webhooks`), served by the same exporter from
+# the multiprocess files once the receiver has answered a request (none without
+# STRIPE_WEBHOOK_SECRET, when it stays stopped).
+RECEIVER_CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
+    "payment_worker_webhook_events_total": (COUNTER, frozenset({"type", "outcome"})),
+    "payment_worker_webhook_rejections_total": (COUNTER, frozenset({"reason"})),
+    "payment_worker_webhook_request_seconds": (HISTOGRAM, frozenset({"code"})),
+}
+# What alerts and dashboards may use.
+ALL_METRICS = {**CONTRACT, **RECEIVER_CONTRACT}
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every series
 SCRAPE_JOB = "payment-worker"
 METRICS_PORT = 9187
@@ -56,13 +66,13 @@ METRICS_PORT = 9187
 
 def series_labels(name: str) -> frozenset[str] | None:
     """Label names a series called `name` may carry, or None if it is not in the contract."""
-    if name in CONTRACT:
-        kind, labels = CONTRACT[name]
+    if name in ALL_METRICS:
+        kind, labels = ALL_METRICS[name]
         return None if kind == HISTOGRAM else labels | TARGET_LABELS
     for suffix, extra in (("_bucket", {"le"}), ("_count", set()), ("_sum", set())):
         base = name.removesuffix(suffix)
-        if base != name and CONTRACT.get(base, ("", frozenset()))[0] == HISTOGRAM:
-            return CONTRACT[base][1] | TARGET_LABELS | extra
+        if base != name and ALL_METRICS.get(base, ("", frozenset()))[0] == HISTOGRAM:
+            return ALL_METRICS[base][1] | TARGET_LABELS | extra
     return None
 
 

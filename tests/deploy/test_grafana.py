@@ -112,6 +112,9 @@ def panel_using(dashboard: dict[str, Any], metric: str) -> list[dict[str, Any]]:
         ("payment_worker_event_apply_seconds_bucket", "histogram_quantile(0.99,"),
         ("payment_worker_oldest_unapplied_event_age_seconds", ""),
         ("payment_worker_payments_open", "by (status)"),
+        ("payment_worker_webhook_events_total", "by (outcome)"),
+        ("payment_worker_webhook_rejections_total", "by (reason)"),
+        ("payment_worker_webhook_request_seconds_bucket", "histogram_quantile(0.99,"),
     ],
 )
 def test_the_dashboard_shows(dashboard: dict[str, Any], metric: str, needle: str) -> None:

@@ -40,6 +40,7 @@ EXPECTED_ALERTS = {
     "JobsDiscarded",
     "PaymentLatencyP99High",
     "StripeEventsStuckUnapplied",
+    "StripeWebhookSignatureRejections",
 }
 README_SECTIONS = {"Failure modes", "Troubleshooting"}
 

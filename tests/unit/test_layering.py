@@ -90,6 +90,37 @@ def test_only_the_stripe_gateway_imports_stripe() -> None:
     assert importers == {"worker/stripe_gateway.py"}
 
 
+def test_the_webhook_receiver_imports_nothing_of_the_worker_or_the_exporter() -> None:
+    offenders = {
+        rel(p)
+        for p in sources("webhooks")
+        if within(imported(p), "worker") or within(imported(p), "metrics")
+    }
+    assert offenders == set()
+
+
+def test_nothing_else_imports_the_webhook_receiver() -> None:
+    offenders = {
+        rel(p)
+        for p in sources("worker", "metrics", "common", "stripe_standin")
+        if within(imported(p), "webhooks")
+    }
+    assert offenders == set()
+
+
+def test_in_the_receiver_only_verify_imports_stripe_and_only_the_store_runs_sql() -> None:
+    stripe_importers = {rel(p) for p in sources("webhooks") if within(imported(p), "stripe")}
+    assert stripe_importers == {"webhooks/verify.py"}
+    runners = {
+        rel(p)
+        for p in sources("webhooks")
+        if query_calls(p)
+        or within(imported(p), "psycopg_pool")
+        or within(imported(p), "common.sqlfiles")
+    }
+    assert runners == {"webhooks/store.py"}
+
+
 def test_handlers_contain_no_sql() -> None:
     path = ROOT / "worker/handlers.py"
     names = imported(path)
@@ -122,6 +153,9 @@ def test_the_checks_see_what_they_look_for() -> None:
     assert within(imported(store), "psycopg")
     assert within(imported(ROOT / "worker/stripe_gateway.py"), "stripe")
     assert within(imported(ROOT / "worker/handlers.py"), "worker.stripe_gateway")
+    assert within(imported(ROOT / "webhooks/verify.py"), "stripe")
+    assert query_calls(ROOT / "webhooks/store.py")
+    assert within(imported(ROOT / "webhooks/__main__.py"), "webhooks.store")
     assert SQL_WORDS.search("SELECT id FROM payments.job_claim(%(max)s)")
     # The executor's execute(job) runs no SQL; a text or a named query does.
     assert query_calls(ROOT / "worker/producer.py") == []

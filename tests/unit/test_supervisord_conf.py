@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from supervisor.options import ServerOptions
 
+from webhooks import server, store
 from worker import service
 from worker.scaler import GROUP, MAX_WORKERS
 
@@ -85,3 +86,17 @@ def test_a_missing_run_dir_is_a_clear_error(groups: dict[str, object], tmp_path:
     conf.write_text(CONF.read_text())
     with pytest.raises(ValueError, match=r"\.run/supervisord\.pid does not exist"):
         _options(conf)
+
+
+def test_the_webhook_receiver_starts_with_supervisord_and_stops_within_its_bounds(
+    groups: dict[str, object],
+) -> None:
+    [receiver] = groups["webhooks"].process_configs  # type: ignore[attr-defined]
+    assert receiver.command == "python -m webhooks"
+    assert receiver.autostart
+    assert receiver.autorestart is not False
+    assert receiver.stopsignal == 15
+    # uvicorn's graceful shutdown, then the pool's close, inside supervisord's wait.
+    assert receiver.stopwaitsecs >= server.GRACEFUL_SHUTDOWN_SECONDS + store.POOL_CLOSE_SECONDS + 3
+    assert receiver.stdout_logfile == "/dev/stdout"
+    assert receiver.redirect_stderr

@@ -1,0 +1,1 @@
+"""The Stripe webhook receiver: verifies each delivery, records it with its job, then answers."""
