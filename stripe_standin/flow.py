@@ -395,7 +395,7 @@ class Flow:
             return known
         test_method = lookup(token)
         if test_method is None:
-            raise errors.resource_missing("payment_method", token, "payment_method")
+            raise errors.resource_missing("PaymentMethod", token, "payment_method")
         pm = self._payment_method_object(test_method)
         with self._lock:
             self._methods[pm["id"]] = (test_method, pm)
