@@ -333,13 +333,13 @@ class WebhookDeliverer:
 
     def run_once(self) -> float | None:
         """Send every delivery that is due; answers the seconds until the next one is due
-        (``None``: nothing queued)."""
+        (``None``: nothing to send, queued or not, while delivery is disabled)."""
         self._take_inbox()
         while True:
             with self._lock:
                 settings = self._settings
                 if settings.url is None or not settings.enabled or not self._due:
-                    return None if not self._due else self._until_next()
+                    return None  # nothing to send until an event or a change wakes us
                 due_at, _, delivery = self._due[0]
                 if due_at > self._clock():
                     return self._until_next()
