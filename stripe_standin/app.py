@@ -7,8 +7,10 @@ Order of work for one API request:
 3. injected ``fail_429`` answers an error (nothing stored), as does ``fail_5xx`` on anything
    but a create that claims a new idempotency key;
 4. route: create (idempotency claim, latency while the key is held, script, validation,
-   then an injected 5xx or the creation, the result saved against the key), search or
-   retrieve (latency, lookup);
+   then an injected 5xx or the creation, the result saved against the key); confirm and
+   cancel the same way without the script (a card decline is a result: its 402 is saved;
+   ``create_then_5xx`` does the move, then answers 500); search, retrieve, events and
+   charges (latency, lookup);
 5. ``lose_response``: the work is done and saved, then the connection is closed unanswered.
 
 Like Stripe, a create saves its result once it began executing (after its key was claimed
@@ -50,6 +52,7 @@ MAX_SEARCH_LIMIT = 100
 _RETRIEVE_PATH = re.compile(r"^/v1/payment_intents/([^/]+)$")
 _ACTION_PATH = re.compile(r"^/v1/payment_intents/([^/]+)/(confirm|cancel)$")
 _EVENT_PATH = re.compile(r"^/v1/events/([^/]+)$")
+_CHARGE_PATH = re.compile(r"^/v1/charges/([^/]+)$")
 _FIXED_ROUTES = {
     ("POST", "/v1/payment_intents"): stats.CREATE,
     ("GET", "/v1/payment_intents/search"): stats.SEARCH,
@@ -118,9 +121,10 @@ def classify(method: str, path: str) -> tuple[str, str | None]:
     match = _ACTION_PATH.match(path)
     if match and method == "POST":
         return _ACTIONS[match.group(2)], match.group(1)
-    match = _EVENT_PATH.match(path)
-    if match and method == "GET":
-        return stats.EVENT, match.group(1)
+    for pattern, route in ((_EVENT_PATH, stats.EVENT), (_CHARGE_PATH, stats.CHARGE)):
+        match = pattern.match(path)
+        if match and method == "GET":
+            return route, match.group(1)
     return stats.OTHER, None
 
 
@@ -250,19 +254,7 @@ class StandinApp:
             )
         else:
             self._sleep(latency)
-            if route == stats.RETRIEVE:
-                assert intent_id is not None
-                reply = self._retrieve(intent_id, request_id, base_headers)
-            elif route == stats.SEARCH:
-                reply = self._search(request.query, request_id, base_headers)
-            elif route == stats.EVENTS:
-                reply = self._list_events(request.query, request_id, base_headers)
-            elif route == stats.EVENT:
-                assert intent_id is not None
-                reply = self._retrieve_event(intent_id, request_id, base_headers)
-            else:
-                error = errors.unrecognized_url(request.method, request.path)
-                reply = self._error(error, request_id, base_headers)
+            reply = self._read(route, intent_id, request, request_id, base_headers)
 
         if fault is Fault.LOSE_RESPONSE and isinstance(reply, Response):
             self.stats.fault(Fault.LOSE_RESPONSE.value)
@@ -270,6 +262,29 @@ class StandinApp:
         return reply
 
     # --- endpoints ---------------------------------------------------------------------------
+
+    def _read(
+        self,
+        route: str,
+        object_id: str | None,
+        request: Request,
+        request_id: str,
+        headers: dict[str, str],
+    ) -> Response:
+        """The GET endpoints (and the 404 for anything unknown)."""
+        if route == stats.SEARCH:
+            return self._search(request.query, request_id, headers)
+        if route == stats.EVENTS:
+            return self._list_events(request.query, request_id, headers)
+        if object_id is not None:
+            if route == stats.RETRIEVE:
+                return self._retrieve(object_id, request_id, headers)
+            if route == stats.EVENT:
+                return self._retrieve_event(object_id, request_id, headers)
+            if route == stats.CHARGE:
+                return self._retrieve_charge(object_id, request_id, headers)
+        error = errors.unrecognized_url(request.method, request.path)
+        return self._error(error, request_id, headers)
 
     def _idempotent(
         self,
@@ -440,6 +455,16 @@ class StandinApp:
             error = errors.resource_missing("event", event_id, "id")
             return self._error(error, request_id, headers)
         return self._json(200, event, headers)
+
+    def _retrieve_charge(
+        self, charge_id: str, request_id: str, headers: dict[str, str]
+    ) -> Response:
+        """``GET /v1/charges/{id}`` for the charges confirmations made."""
+        charge = self.flow.charge(charge_id)
+        if charge is None:
+            error = errors.resource_missing("charge", charge_id, "id")
+            return self._error(error, request_id, headers)
+        return self._json(200, charge, headers)
 
     def _idempotency_answer(
         self,

@@ -65,7 +65,8 @@ class EventStore:
         self._listeners: list[Callable[[dict[str, Any]], bool]] = []
 
     def listen(self, listener: Callable[[dict[str, Any]], bool]) -> None:
-        """Call ``listener(event)`` for each new event; it answers whether a webhook is pending."""
+        """Call ``listener(event)`` for each new event, which it must not keep or change; it
+        answers whether a webhook is now pending."""
         self._listeners.append(listener)
 
     def record(
@@ -88,8 +89,8 @@ class EventStore:
             while len(self._events) > self._max:
                 self._events.popitem(last=False)
             pending = 0
-            for listener in self._listeners:
-                pending += 1 if listener(copy.deepcopy(event)) else 0
+            for listener in self._listeners:  # under the lock: it reads the event as it is now
+                pending += 1 if listener(event) else 0
             event["pending_webhooks"] = pending
             return copy.deepcopy(event)
 

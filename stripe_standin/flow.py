@@ -34,6 +34,7 @@ so the stand-in refuses to cancel ``processing``.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -123,7 +124,7 @@ class Flow:
         """A charge made by a confirmation, or ``None``."""
         with self._lock:
             found = self._charges.get(charge_id)
-            return dict(found) if found is not None else None
+            return copy.deepcopy(found) if found is not None else None
 
     # --- API calls -----------------------------------------------------------------------------
 

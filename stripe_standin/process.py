@@ -26,7 +26,11 @@ class StandinProcess:
     """``python -m stripe_standin --port 0 --port-file ...`` as a context manager.
 
     Inherited ``STANDIN_*`` variables are dropped so a developer's shell cannot change test
-    behaviour; pass ``env`` to set variables explicitly. The log (stderr) goes to a file,
+    behaviour; pass ``env`` to set variables explicitly. ``webhook_url`` and ``webhook_secret``
+    make it deliver signed events to an endpoint (the secret goes to the child as
+    ``STANDIN_WEBHOOK_SECRET``, never on its command line); the ``webhook_*`` fault rates and
+    retry settings map onto the ``--webhook-*`` flags, and everything can be changed later with
+    ``admin.configure_webhooks(...)``. The log (stderr) goes to a file,
     readable with :meth:`log_text`, so a chatty server never blocks on a full pipe.
     """
 

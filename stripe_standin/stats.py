@@ -14,8 +14,9 @@ CONFIRM = "POST /v1/payment_intents/:id/confirm"
 CANCEL = "POST /v1/payment_intents/:id/cancel"
 EVENTS = "GET /v1/events"
 EVENT = "GET /v1/events/:id"
+CHARGE = "GET /v1/charges/:id"
 OTHER = "other"
-ROUTES = (CREATE, RETRIEVE, SEARCH, CONFIRM, CANCEL, EVENTS, EVENT, OTHER)
+ROUTES = (CREATE, RETRIEVE, SEARCH, CONFIRM, CANCEL, EVENTS, EVENT, CHARGE, OTHER)
 
 #: Outcome recorded when the connection was closed without an answer.
 NO_RESPONSE = "no_response"

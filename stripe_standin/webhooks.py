@@ -292,13 +292,15 @@ class WebhookDeliverer:
 
     def offer(self, event: dict[str, Any]) -> bool:
         """Hand an event over for delivery, never blocking; whether a webhook is now pending."""
-        payload = (json.dumps(event, indent=2, ensure_ascii=False) + "\n").encode()
         now = self._clock()
         with self._lock:
             settings = self._settings
             if settings.url is None or not settings.enabled:
                 self._counts["not_sent"] += 1
                 return False
+        # As the endpoint will see it: one webhook pending, this one.
+        payload = json.dumps({**event, "pending_webhooks": 1}, indent=2, ensure_ascii=False)
+        with self._lock:
             self._counts["events"] += 1
             draws = [self._random.random() for _ in range(3)]
             delays = [self._random.uniform(0.0, settings.reorder_max_seconds) for _ in range(2)]
@@ -311,7 +313,7 @@ class WebhookDeliverer:
             delivery = _Delivery(
                 event["id"],
                 event["type"],
-                payload,
+                (payload + "\n").encode(),
                 now,
                 duplicate=index > 0,
                 bad_signature_first=bad and index == 0,

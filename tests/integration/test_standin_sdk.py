@@ -294,6 +294,7 @@ def test_stats_and_payment_intents_reflect_what_happened(
             "POST /v1/payment_intents/:id/cancel": 0,
             "GET /v1/events": 0,
             "GET /v1/events/:id": 0,
+            "GET /v1/charges/:id": 0,
             "other": 0,
         },
     }

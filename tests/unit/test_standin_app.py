@@ -245,6 +245,7 @@ def test_retrieve_and_unknown_routes() -> None:
         "POST /v1/payment_intents/:id/cancel": 0,
         "GET /v1/events": 0,
         "GET /v1/events/:id": 0,
+        "GET /v1/charges/:id": 0,
         "other": 1,
     }
 

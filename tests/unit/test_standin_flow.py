@@ -403,3 +403,21 @@ def test_reset_forgets_events() -> None:
     app.reset()
     assert len(app.events) == 0
     assert body_of(get(app, "/v1/events"))["data"] == []
+
+
+def test_the_latest_charge_can_be_retrieved_and_follows_settlement() -> None:
+    app = make_app()
+    intent = create(app, "&payment_method_types[0]=us_bank_account")
+    charge_id = body_of(confirm(app, intent["id"], "pm_usBankAccount_success"))["latest_charge"]
+    pending = body_of(get(app, f"/v1/charges/{charge_id}"))
+    assert (pending["object"], pending["status"], pending["paid"]) == ("charge", "pending", False)
+    assert pending["payment_intent"] == intent["id"]
+    body_of(control(app, intent["id"], "settle", succeed=True))
+    settled = body_of(get(app, f"/v1/charges/{charge_id}"))
+    assert (settled["status"], settled["paid"], settled["amount_captured"]) == (
+        "succeeded",
+        True,
+        2500,
+    )
+    missing = body_of(get(app, "/v1/charges/ch_nope"), 404)["error"]
+    assert missing["message"] == "No such charge: 'ch_nope'"
