@@ -37,7 +37,7 @@ import queue
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -49,6 +49,8 @@ from stripe_standin.intents import random_token
 USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
 INBOX_SIZE = 10_000
 RECENT_ATTEMPTS = 1_000
+#: Event ids remembered as acknowledged (so a duplicate's success is not counted twice).
+MAX_ACKNOWLEDGED = 200_000
 #: Stripe retries for up to three days in live mode.
 DEFAULT_MAX_AGE_SECONDS = 3 * 24 * 60 * 60
 
@@ -226,7 +228,7 @@ class WebhookDeliverer:
         self._order = itertools.count()
         self._counts: Counter[str] = Counter()
         self._recent: deque[Attempt] = deque(maxlen=RECENT_ATTEMPTS)
-        self._acknowledged: set[str] = set()
+        self._acknowledged: OrderedDict[str, None] = OrderedDict()  # bounded, oldest out
         self._in_progress = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -452,7 +454,9 @@ class WebhookDeliverer:
             if retry:
                 heapq.heappush(self._due, (now + delay, next(self._order), delivery))
             if success and delivery.event_id not in self._acknowledged:
-                self._acknowledged.add(delivery.event_id)
+                self._acknowledged[delivery.event_id] = None
+                while len(self._acknowledged) > MAX_ACKNOWLEDGED:
+                    self._acknowledged.popitem(last=False)
                 first_success = True
             self._recent.append(
                 Attempt(

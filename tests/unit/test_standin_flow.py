@@ -2,6 +2,7 @@
 HTTP: statuses, Stripe's error shapes, the events each move records, idempotency."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -421,3 +422,18 @@ def test_the_latest_charge_can_be_retrieved_and_follows_settlement() -> None:
     )
     missing = body_of(get(app, "/v1/charges/ch_nope"), 404)["error"]
     assert missing["message"] == "No such charge: 'ch_nope'"
+
+
+def test_concurrent_confirms_of_one_intent_succeed_once() -> None:
+    app = make_app()
+    intent = create(app)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        replies = list(
+            pool.map(
+                lambda n: confirm(app, intent["id"], "pm_card_visa", key=f"race-{n}"), range(32)
+            )
+        )
+    statuses = sorted(r.status for r in replies if isinstance(r, Response))
+    assert statuses == [200] + [400] * 31
+    assert event_types(app).count("payment_intent.succeeded") == 1
+    assert event_types(app).count("charge.succeeded") == 1
