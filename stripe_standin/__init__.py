@@ -1,4 +1,6 @@
-"""Local HTTP stand-in for the Stripe PaymentIntents API, with fault injection.
+"""Local HTTP stand-in for the Stripe PaymentIntents API, with fault injection: create,
+retrieve, search, confirm and cancel intents, Events (``/v1/events``) and signed webhook
+delivery, and ``python -m stripe_standin pay|3ds|settle`` to act as the customer.
 
 Run it with ``python -m stripe_standin --help``. Tests start it with
 :class:`stripe_standin.process.StandinProcess` and inspect it with

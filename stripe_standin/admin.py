@@ -21,6 +21,20 @@ POST     /_standin/config             change some of latency_ms, drop, fail_5xx,
 GET      /_standin/script             ``{"pending": n}``
 POST     /_standin/script             ``{"responses": [...], "append"?: bool}``: answers for the
                                       next create requests, in order
+GET      /_standin/events             every event, oldest first (no API key needed)
+GET      /_standin/webhooks           webhook settings (never the secret: ``secret_set``),
+                                      ``stats`` {events, deliveries, attempts, successes,
+                                      failures, given_up, duplicates, drops, reorders,
+                                      bad_signatures, overflows, not_sent, pending} and
+                                      ``recent`` attempts
+POST     /_standin/webhooks           change some of url, enabled, duplicate, drop,
+                                      bad_signature, reorder_max_seconds, retry_base_seconds,
+                                      max_attempts, max_age_seconds, timeout_seconds, secret,
+                                      seed; answers as GET
+POST     /_standin/payment_intents/   ``{"succeed": bool}``: the customer completes or fails
+         {id}/3ds                     3-D Secure of an intent in requires_action
+POST     /_standin/payment_intents/   ``{"succeed": bool}``: the asynchronous payment of a
+         {id}/settle                  processing intent settles or fails
 POST     /_standin/reset              forget everything, restore start-up settings
 =======  ===========================  ==========================================================
 """
@@ -28,15 +42,18 @@ POST     /_standin/reset              forget everything, restore start-up settin
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qsl
 
 from stripe_standin import errors
 from stripe_standin.app import Request, Response, StandinApp, json_body
+from stripe_standin.errors import StripeError
 from stripe_standin.faults import ConfigError, parse_script_entry
 
 PREFIX = "/_standin/"
+_INTENT_ACTION = re.compile(r"^payment_intents/([^/]+)/(3ds|settle)$")
 
 
 class Admin:
@@ -61,6 +78,16 @@ class Admin:
             ("POST", "script"): self._set_script,
             ("POST", "reset"): self._reset,
         }
+        action = _INTENT_ACTION.match(name)
+        if action is not None:
+            return self._intent_action_reply(action.group(1), action.group(2), request)
+        routes.update(
+            {
+                ("GET", "events"): self._events,
+                ("GET", "webhooks"): self._webhooks,
+                ("POST", "webhooks"): self._set_webhooks,
+            }
+        )
         handler = routes.get((request.method, name))
         if handler is None:
             known = sorted({path for _, path in routes})
@@ -82,6 +109,7 @@ class Admin:
             idempotency_keys=len(app.idempotency),
             idempotency_keys_in_flight=app.idempotency.in_flight(),
             script_pending=app.script.pending(),
+            events=len(app.events),
         )
 
     def _payment_intents(self, _request: Request) -> dict[str, Any]:
@@ -152,6 +180,36 @@ class Admin:
                 raise ConfigError(f"{where}: {exc}", param=param) from None
         # Only once every entry is valid: a rejected script changes nothing.
         return {"pending": self.app.script.load(entries, append=append)}
+
+    def _events(self, _request: Request) -> dict[str, Any]:
+        data = self.app.events.all()
+        return {"object": "list", "count": len(data), "data": data}
+
+    def _webhooks(self, _request: Request) -> dict[str, Any]:
+        return self.app.webhooks.snapshot()
+
+    def _set_webhooks(self, request: Request) -> dict[str, Any]:
+        self.app.webhooks.update(_json_object(request))
+        return self._webhooks(request)
+
+    def _intent_action_reply(self, intent_id: str, action: str, request: Request) -> Response:
+        if request.method != "POST":
+            return _failure(405, f"{request.method} is not allowed on {request.path}")
+        try:
+            return _ok(self._intent_action(intent_id, action, request))
+        except ConfigError as exc:
+            return _failure(400, str(exc), param=exc.param)
+        except StripeError as exc:
+            return Response(exc.status, json_body(exc.body()))
+
+    def _intent_action(self, intent_id: str, action: str, request: Request) -> dict[str, Any]:
+        payload = _json_object(request)
+        if set(payload) != {"succeed"} or not isinstance(payload["succeed"], bool):
+            raise ConfigError('expected {"succeed": true} or {"succeed": false}')
+        succeed = payload["succeed"]
+        if action == "3ds":
+            return self.app.flow.authenticate(intent_id, succeed=succeed)
+        return self.app.flow.settle(intent_id, succeed=succeed)
 
     def _reset(self, _request: Request) -> dict[str, Any]:
         self.app.reset()

@@ -7,8 +7,10 @@ Order of work for one API request:
 3. injected ``fail_429`` answers an error (nothing stored), as does ``fail_5xx`` on anything
    but a create that claims a new idempotency key;
 4. route: create (idempotency claim, latency while the key is held, script, validation,
-   then an injected 5xx or the creation, the result saved against the key), search or
-   retrieve (latency, lookup);
+   then an injected 5xx or the creation, the result saved against the key); confirm and
+   cancel the same way without the script (a card decline is a result: its 402 is saved;
+   ``create_then_5xx`` does the move, then answers 500); search, retrieve, events and
+   charges (latency, lookup);
 5. ``lose_response``: the work is done and saved, then the connection is closed unanswered.
 
 Like Stripe, a create saves its result once it began executing (after its key was claimed
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import json
 import re
@@ -32,7 +35,9 @@ from typing import Any
 from stripe_standin import errors, stats
 from stripe_standin.config import StandinConfig
 from stripe_standin.errors import StripeError
+from stripe_standin.events import EventStore, Origin
 from stripe_standin.faults import Fault, FaultInjector, Script
+from stripe_standin.flow import Flow
 from stripe_standin.intents import build_payment_intent, new_request_id
 from stripe_standin.params import decode_form, fingerprint, parse_pairs
 from stripe_standin.requestlog import RequestLog
@@ -40,10 +45,22 @@ from stripe_standin.search import SearchQueryError, parse_metadata_query
 from stripe_standin.stats import Stats
 from stripe_standin.store import Decision, IdempotencyStore, IntentStore, StoredResponse
 from stripe_standin.validation import validate_create
+from stripe_standin.webhooks import WebhookDeliverer
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_SEARCH_LIMIT = 100
 _RETRIEVE_PATH = re.compile(r"^/v1/payment_intents/([^/]+)$")
+_ACTION_PATH = re.compile(r"^/v1/payment_intents/([^/]+)/(confirm|cancel)$")
+_EVENT_PATH = re.compile(r"^/v1/events/([^/]+)$")
+_CHARGE_PATH = re.compile(r"^/v1/charges/([^/]+)$")
+_FIXED_ROUTES = {
+    ("POST", "/v1/payment_intents"): stats.CREATE,
+    ("GET", "/v1/payment_intents/search"): stats.SEARCH,
+    ("GET", "/v1/events"): stats.EVENTS,
+}
+_ACTIONS = {"confirm": stats.CONFIRM, "cancel": stats.CANCEL}
+#: Routes whose POST executes once its idempotency key is claimed (results saved).
+_IDEMPOTENT = (stats.CREATE, stats.CONFIRM, stats.CANCEL)
 _SERVER_ERRORS = (Fault.FAIL_5XX, Fault.CREATE_THEN_5XX)
 
 
@@ -94,14 +111,20 @@ def json_body(data: Any) -> bytes:
 
 
 def classify(method: str, path: str) -> tuple[str, str | None]:
-    """Route kind for stats and dispatch, plus the intent id for retrievals."""
-    if path == "/v1/payment_intents" and method == "POST":
-        return stats.CREATE, None
-    if path == "/v1/payment_intents/search" and method == "GET":
-        return stats.SEARCH, None
+    """Route kind for stats and dispatch, plus the object id the path names."""
+    fixed = _FIXED_ROUTES.get((method, path))
+    if fixed is not None:
+        return fixed, None
     match = _RETRIEVE_PATH.match(path)
     if match and method == "GET":
         return stats.RETRIEVE, match.group(1)
+    match = _ACTION_PATH.match(path)
+    if match and method == "POST":
+        return _ACTIONS[match.group(2)], match.group(1)
+    for pattern, route in ((_EVENT_PATH, stats.EVENT), (_CHARGE_PATH, stats.CHARGE)):
+        match = pattern.match(path)
+        if match and method == "GET":
+            return route, match.group(1)
     return stats.OTHER, None
 
 
@@ -140,6 +163,15 @@ class StandinApp:
         self.requests = RequestLog()
         self._sleep = sleep
         self._clock = clock
+        self.events = EventStore()
+        self.flow = Flow(self.intents, self.events, clock)
+        self.webhooks = WebhookDeliverer(
+            config.webhooks,
+            config.webhook_secret,
+            seed=config.seed,
+            on_delivered=self.events.delivered,
+        )
+        self.events.listen(self.webhooks.offer)
 
     def reset(self) -> None:
         """Forget intents, keys, counters and script; restore start-up fault settings and seed."""
@@ -149,6 +181,9 @@ class StandinApp:
         self.stats.clear()
         self.requests.clear()
         self.faults.reset(self.config.faults, self.config.seed)
+        self.events.clear()
+        self.flow.clear()
+        self.webhooks.reset(self.config.webhooks, self.config.webhook_secret, self.config.seed)
 
     # --- API entry point --------------------------------------------------------------------
 
@@ -190,8 +225,9 @@ class StandinApp:
             return self._error(auth_error, request_id, base_headers)
         assert api_key is not None
 
-        # A create with a new key decides itself whether its 5xx began executing (saved).
-        executes = route == stats.CREATE and "idempotency-key" in request.headers
+        # A create, confirm or cancel with a new key decides itself whether its 5xx began
+        # executing (saved).
+        executes = route in _IDEMPOTENT and "idempotency-key" in request.headers
         if fault is Fault.FAIL_429 or (fault in _SERVER_ERRORS and not executes):
             assert fault is not None
             self.stats.fault(fault.value)
@@ -200,18 +236,25 @@ class StandinApp:
             return self._error(injected, request_id, base_headers, note=f"fault={fault.value}")
 
         reply: Reply
-        if route == stats.CREATE:
-            reply = self._create(request, api_key, request_id, base_headers, latency, fault=fault)
+        if route in _IDEMPOTENT:
+            execute = self._execute_create
+            if route != stats.CREATE:
+                assert intent_id is not None
+                execute = functools.partial(
+                    self._execute_action, route, intent_id, _base_url(request)
+                )
+            reply = self._idempotent(
+                request,
+                api_key,
+                request_id,
+                base_headers,
+                latency=latency,
+                execute=execute,
+                fault=fault,
+            )
         else:
             self._sleep(latency)
-            if route == stats.RETRIEVE:
-                assert intent_id is not None
-                reply = self._retrieve(intent_id, request_id, base_headers)
-            elif route == stats.SEARCH:
-                reply = self._search(request.query, request_id, base_headers)
-            else:
-                error = errors.unrecognized_url(request.method, request.path)
-                reply = self._error(error, request_id, base_headers)
+            reply = self._read(route, intent_id, request, request_id, base_headers)
 
         if fault is Fault.LOSE_RESPONSE and isinstance(reply, Response):
             self.stats.fault(Fault.LOSE_RESPONSE.value)
@@ -220,16 +263,42 @@ class StandinApp:
 
     # --- endpoints ---------------------------------------------------------------------------
 
-    def _create(
+    def _read(
+        self,
+        route: str,
+        object_id: str | None,
+        request: Request,
+        request_id: str,
+        headers: dict[str, str],
+    ) -> Response:
+        """The GET endpoints (and the 404 for anything unknown)."""
+        if route == stats.SEARCH:
+            return self._search(request.query, request_id, headers)
+        if route == stats.EVENTS:
+            return self._list_events(request.query, request_id, headers)
+        if object_id is not None:
+            if route == stats.RETRIEVE:
+                return self._retrieve(object_id, request_id, headers)
+            if route == stats.EVENT:
+                return self._retrieve_event(object_id, request_id, headers)
+            if route == stats.CHARGE:
+                return self._retrieve_charge(object_id, request_id, headers)
+        error = errors.unrecognized_url(request.method, request.path)
+        return self._error(error, request_id, headers)
+
+    def _idempotent(
         self,
         request: Request,
         api_key: str,
         request_id: str,
         headers: dict[str, str],
-        latency: float,
         *,
+        latency: float,
+        execute: Callable[..., Reply],
         fault: Fault | None = None,
     ) -> Reply:
+        """A POST that executes once per idempotency key: claim the key (or answer its saved
+        result, a mismatch or a conflict), then ``execute`` and release an unsaved claim."""
         try:
             body = request.body.decode("utf-8")
         except UnicodeDecodeError:
@@ -259,7 +328,7 @@ class StandinApp:
                 )
 
         try:
-            return self._execute_create(
+            return execute(
                 body,
                 key=key,
                 scope=scope,
@@ -302,6 +371,8 @@ class StandinApp:
         intent = build_payment_intent(params, now=int(self._clock()))
         self.intents.add(intent, key, request_id, at=self._clock())
         self.stats.event("payment_intents_created")
+        origin = Origin(request_id, key)
+        self.events.record("payment_intent.created", intent, origin, created=int(self._clock()))
         if then_5xx:
             if fault is Fault.CREATE_THEN_5XX:
                 self.stats.fault(fault.value)
@@ -314,6 +385,86 @@ class StandinApp:
         if lose:
             return Hangup(f"scripted lose_response (created {intent['id']})")
         return response
+
+    def _execute_action(
+        self,
+        route: str,
+        intent_id: str,
+        base_url: str,
+        body: str,
+        *,
+        key: str | None,
+        scope: str,
+        request_id: str,
+        headers: dict[str, str],
+        latency: float,
+        fault: Fault | None = None,
+    ) -> Reply:
+        """Confirm or cancel. Like a create, the result is saved against the key once the
+        request began executing: a 200, a card decline (402, the intent changed) or a 5xx;
+        a refused request (bad parameters, wrong state) saves nothing."""
+        self._sleep(latency)  # while the key is held: concurrent duplicates get 409
+        where = _Saving(key, scope, request_id, headers)
+        try:
+            form = decode_form(body)
+        except StripeError as error:
+            return self._error(error, request_id, headers)
+        if fault is Fault.FAIL_5XX:
+            self.stats.fault(fault.value)
+            return self._server_error(errors.api_error(), where, note="fault=fail_5xx")
+        origin = Origin(request_id, key)
+        verb = "confirmed" if route == stats.CONFIRM else "canceled"
+        try:
+            if route == stats.CONFIRM:
+                intent = self.flow.confirm(intent_id, form, origin, base_url=base_url)
+            else:
+                intent = self.flow.cancel(intent_id, form, origin)
+        except StripeError as error:
+            if error.status != 402:
+                return self._error(error, request_id, headers)
+            self.stats.event("payment_intents_confirmed")
+            response = self._error(error, request_id, headers, note=f"declined {intent_id}")
+            self._save(where, response)
+            return response
+        self.stats.event(f"payment_intents_{verb}")
+        note = f"{verb} {intent_id}: {intent['status']}"
+        if fault is Fault.CREATE_THEN_5XX:
+            self.stats.fault(fault.value)
+            return self._server_error(errors.api_error(), where, note=f"{note}, then 500")
+        response = self._json(200, intent, headers, note=note)
+        self._save(where, response)
+        return response
+
+    def _save(self, where: _Saving, response: Response) -> None:
+        if where.key is not None:
+            stored = StoredResponse(response.status, response.body, where.request_id)
+            self.idempotency.complete(where.scope, where.key, stored)
+
+    def _list_events(self, query: str, request_id: str, headers: dict[str, str]) -> Response:
+        """``GET /v1/events``."""
+        try:
+            data = self.events.list(decode_form(query, frozenset({"created"})))
+        except StripeError as error:
+            return self._error(error, request_id, headers)
+        return self._json(200, data, headers)
+
+    def _retrieve_event(self, event_id: str, request_id: str, headers: dict[str, str]) -> Response:
+        """``GET /v1/events/{id}``."""
+        event = self.events.get(event_id)
+        if event is None:
+            error = errors.resource_missing("event", event_id, "id")
+            return self._error(error, request_id, headers)
+        return self._json(200, event, headers)
+
+    def _retrieve_charge(
+        self, charge_id: str, request_id: str, headers: dict[str, str]
+    ) -> Response:
+        """``GET /v1/charges/{id}`` for the charges confirmations made."""
+        charge = self.flow.charge(charge_id)
+        if charge is None:
+            error = errors.resource_missing("charge", charge_id, "id")
+            return self._error(error, request_id, headers)
+        return self._json(200, charge, headers)
 
     def _idempotency_answer(
         self,
@@ -417,6 +568,12 @@ class StandinApp:
         label = f"{error.error_type}/{error.code}" if error.code else error.error_type
         note = f"{note} {label}" if note else label
         return Response(error.status, json_body(body), {**headers, **error.headers}, note=note)
+
+
+def _base_url(request: Request) -> str:
+    """Where the client reached the stand-in, for links in ``next_action``."""
+    host = request.headers.get("host", "")
+    return f"http://{host}" if host else ""
 
 
 def _payment_id_of(route: str, request: Request) -> str | None:

@@ -90,6 +90,36 @@ class StandinAdmin:
         """How many scripted answers have not been used yet."""
         return int(self._call("GET", "script")["pending"])
 
+    def events(self) -> list[dict[str, Any]]:
+        """Every event, oldest first."""
+        data: list[dict[str, Any]] = self._call("GET", "events")["data"]
+        return data
+
+    def webhooks(self) -> dict[str, Any]:
+        """Webhook settings (``secret_set``, never the secret), ``stats`` and ``recent``."""
+        return self._call("GET", "webhooks")
+
+    def webhook_stats(self) -> dict[str, int]:
+        """Delivery counters: events, deliveries, attempts, successes, failures, given_up,
+        duplicates, drops, reorders, bad_signatures, overflows, not_sent, pending."""
+        stats: dict[str, int] = self.webhooks()["stats"]
+        return stats
+
+    def configure_webhooks(self, **changes: Any) -> dict[str, Any]:
+        """Change some of url, enabled, duplicate, drop, bad_signature, reorder_max_seconds,
+        retry_base_seconds, max_attempts, max_age_seconds, timeout_seconds, secret, seed."""
+        return self._call("POST", "webhooks", changes)
+
+    def authenticate(self, intent_id: str, *, succeed: bool) -> dict[str, Any]:
+        """Complete (or fail) 3-D Secure of an intent in requires_action; the intent after."""
+        name = f"payment_intents/{urllib.parse.quote(intent_id)}/3ds"
+        return self._call("POST", name, {"succeed": succeed})
+
+    def settle(self, intent_id: str, *, succeed: bool) -> dict[str, Any]:
+        """Settle (or fail) the asynchronous payment of a processing intent; the intent after."""
+        name = f"payment_intents/{urllib.parse.quote(intent_id)}/settle"
+        return self._call("POST", name, {"succeed": succeed})
+
     def reset(self) -> None:
         """Forget intents, keys, counters, script; restore the start-up settings."""
         self._call("POST", "reset", {})

@@ -1,6 +1,8 @@
 """Start-up configuration from command-line flags and ``STANDIN_*`` environment variables.
 
-Flags win over environment variables, which win over the defaults.
+Flags win over environment variables, which win over the defaults. The webhook signing
+secret is never a flag (argv is visible to every user of the machine): it comes from
+``STANDIN_WEBHOOK_SECRET`` or from the file named by ``--webhook-secret-file``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stripe_standin.faults import ConfigError, FaultSettings
+from stripe_standin.webhooks import WebhookSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12111
@@ -21,6 +24,7 @@ DEFAULT_PORT = 12111
 # pause between a test's requests on one pooled connection, so those are never cut.
 DEFAULT_IDLE_TIMEOUT = 60.0
 ENV_PREFIX = "STANDIN_"
+SECRET_ENV = ENV_PREFIX + "WEBHOOK_SECRET"
 
 
 def is_loopback(host: str) -> bool:
@@ -46,8 +50,15 @@ class StandinConfig:
     quiet: bool = False
     allow_remote: bool = False
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    webhook_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.webhooks.url is not None and not self.webhook_secret:
+            raise ConfigError(
+                "--webhook-url needs a signing secret: set "
+                f"{SECRET_ENV} or pass --webhook-secret-file"
+            )
         # The admin endpoints have no authentication: whoever reaches them can script
         # answers, read every intent and reset the state.
         if not self.allow_remote and not is_loopback(self.host):
@@ -70,6 +81,20 @@ def _rate(text: str) -> float:
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
@@ -145,6 +170,57 @@ _OPTIONS = (
     ),
     ("--seed", "seed", int, "seed of the fault random sequence (default: random)"),
     ("--quiet", "quiet", _flag, "no per-request log lines"),
+    ("--webhook-url", "webhook_url", str, "POST every event to this endpoint, signed"),
+    (
+        "--webhook-secret-file",
+        "webhook_secret_file",
+        Path,
+        f"file holding the webhook signing secret (or set {SECRET_ENV}; never a flag)",
+    ),
+    (
+        "--webhook-enabled",
+        "webhook_enabled",
+        _flag,
+        "deliver webhooks (default true; false keeps events for /v1/events only)",
+    ),
+    (
+        "--webhook-retry-base",
+        "webhook_retry_base",
+        _seconds,
+        "seconds before the first retry of a failed delivery, doubling after each (default 5)",
+    ),
+    (
+        "--webhook-max-attempts",
+        "webhook_max_attempts",
+        _positive_int,
+        "attempts per delivery before giving up (default 4)",
+    ),
+    (
+        "--webhook-max-age",
+        "webhook_max_age",
+        _seconds,
+        "seconds after the event a delivery is still retried (default 3 days)",
+    ),
+    (
+        "--webhook-timeout",
+        "webhook_timeout",
+        _seconds,
+        "seconds an endpoint may take to answer (default 10)",
+    ),
+    ("--webhook-duplicate", "webhook_duplicate", _rate, "fraction of events delivered twice"),
+    ("--webhook-drop", "webhook_drop", _rate, "fraction of events never delivered"),
+    (
+        "--webhook-bad-signature",
+        "webhook_bad_signature",
+        _rate,
+        "fraction of events whose first attempt is signed with a wrong secret",
+    ),
+    (
+        "--webhook-reorder-max",
+        "webhook_reorder_max",
+        _non_negative_float,
+        "each delivery waits a random 0..N seconds first, so events arrive out of order",
+    ),
     (
         "--idle-timeout",
         "idle_timeout",
@@ -165,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m stripe_standin",
         description="Local stand-in for the Stripe PaymentIntents API, with fault injection. "
-        "Every option can also be set with STANDIN_<OPTION> (e.g. STANDIN_PORT).",
+        "Every option can also be set with STANDIN_<OPTION> (e.g. STANDIN_PORT). "
+        "To act as the customer instead: python -m stripe_standin pay|3ds|settle --help.",
     )
     for flag, dest, kind, help_text in _OPTIONS:
         if kind is _flag:
@@ -202,10 +279,14 @@ def load_config(
             save_5xx=True if args.save_5xx is None else bool(args.save_5xx),
             search_lag_ms=args.search_lag_ms or 0,
         )
+        webhooks = _webhook_settings(args)
+        secret = _webhook_secret(args.webhook_secret_file, environ)
     except ConfigError as exc:
         parser.error(str(exc))
     try:
         return StandinConfig(
+            webhooks=webhooks,
+            webhook_secret=secret,
             host=args.host or DEFAULT_HOST,
             port=DEFAULT_PORT if args.port is None else args.port,
             port_file=args.port_file,
@@ -218,3 +299,34 @@ def load_config(
         )
     except ConfigError as exc:
         parser.error(str(exc))
+
+
+def _webhook_settings(args: argparse.Namespace) -> WebhookSettings:
+    defaults = WebhookSettings()
+    return WebhookSettings(
+        url=args.webhook_url or None,
+        enabled=True if args.webhook_enabled is None else bool(args.webhook_enabled),
+        retry_base_seconds=args.webhook_retry_base or defaults.retry_base_seconds,
+        max_attempts=args.webhook_max_attempts or defaults.max_attempts,
+        max_age_seconds=args.webhook_max_age or defaults.max_age_seconds,
+        timeout_seconds=args.webhook_timeout or defaults.timeout_seconds,
+        duplicate=args.webhook_duplicate or 0.0,
+        drop=args.webhook_drop or 0.0,
+        bad_signature=args.webhook_bad_signature or 0.0,
+        reorder_max_seconds=args.webhook_reorder_max or 0.0,
+    )
+
+
+def _webhook_secret(path: Path | None, environ: Mapping[str, str]) -> str | None:
+    """The signing secret: the file's first line if given, else the environment."""
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            message = f"cannot read the webhook secret file {path}: {exc.strerror}"
+            raise ConfigError(message) from None
+        secret = text.strip()
+        if not secret:
+            raise ConfigError(f"the webhook secret file {path} is empty")
+        return secret
+    return environ.get(SECRET_ENV, "").strip() or None

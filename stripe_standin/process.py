@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from stripe_standin.client import StandinAdmin
-from stripe_standin.config import ENV_PREFIX
+from stripe_standin.config import ENV_PREFIX, SECRET_ENV
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,11 @@ class StandinProcess:
     """``python -m stripe_standin --port 0 --port-file ...`` as a context manager.
 
     Inherited ``STANDIN_*`` variables are dropped so a developer's shell cannot change test
-    behaviour; pass ``env`` to set variables explicitly. The log (stderr) goes to a file,
+    behaviour; pass ``env`` to set variables explicitly. ``webhook_url`` and ``webhook_secret``
+    make it deliver signed events to an endpoint (the secret goes to the child as
+    ``STANDIN_WEBHOOK_SECRET``, never on its command line); the ``webhook_*`` fault rates and
+    retry settings map onto the ``--webhook-*`` flags, and everything can be changed later with
+    ``admin.configure_webhooks(...)``. The log (stderr) goes to a file,
     readable with :meth:`log_text`, so a chatty server never blocks on a full pipe.
     """
 
@@ -41,6 +45,16 @@ class StandinProcess:
         lose_response: float = 0.0,
         create_then_5xx: float = 0.0,
         save_5xx: bool = True,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        webhook_retry_base: float | None = None,
+        webhook_max_attempts: int | None = None,
+        webhook_timeout: float | None = None,
+        webhook_duplicate: float = 0.0,
+        webhook_drop: float = 0.0,
+        webhook_bad_signature: float = 0.0,
+        webhook_reorder_max: float = 0.0,
+        webhook_enabled: bool = True,
         seed: int | None = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -53,6 +67,8 @@ class StandinProcess:
         self.host = host
         self.startup_timeout = startup_timeout
         self.env_overrides = dict(env or {})
+        if webhook_secret is not None:  # through the environment: never on a command line
+            self.env_overrides[SECRET_ENV] = webhook_secret
         self._args = [
             python,
             "-m",
@@ -78,6 +94,27 @@ class StandinProcess:
         ]
         if api_key is not None:
             self._args += ["--api-key", api_key]
+        if webhook_url is not None:
+            self._args += ["--webhook-url", webhook_url]
+        self._args += [
+            "--webhook-duplicate",
+            str(webhook_duplicate),
+            "--webhook-drop",
+            str(webhook_drop),
+            "--webhook-bad-signature",
+            str(webhook_bad_signature),
+            "--webhook-reorder-max",
+            str(webhook_reorder_max),
+            "--webhook-enabled",
+            "true" if webhook_enabled else "false",
+        ]
+        for flag, value in (
+            ("--webhook-retry-base", webhook_retry_base),
+            ("--webhook-max-attempts", webhook_max_attempts),
+            ("--webhook-timeout", webhook_timeout),
+        ):
+            if value is not None:
+                self._args += [flag, str(value)]
         if seed is not None:
             self._args += ["--seed", str(seed)]
         if quiet:

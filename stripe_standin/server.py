@@ -225,11 +225,22 @@ def run(config: StandinConfig, log: TextIO = sys.stderr) -> int:
         f"stripe-standin listening on http://{config.host}:{server.port} "
         f"(accepting {key_mode}; {settings}; seed={config.seed})"
     )
+    hooks = config.webhooks
+    server.write_log(
+        f"webhooks: {hooks.url or 'no endpoint'} "
+        f"({'enabled' if hooks.enabled else 'disabled'}; "
+        f"signing secret {'set' if config.webhook_secret else 'not set'}; "
+        f"retry_base={hooks.retry_base_seconds:g}s, max_attempts={hooks.max_attempts}, "
+        f"duplicate={hooks.duplicate}, drop={hooks.drop}, bad_signature={hooks.bad_signature}, "
+        f"reorder_max={hooks.reorder_max_seconds:g}s)"
+    )
+    app.webhooks.start()
     if config.port_file is not None:
         write_port_file(config.port_file, server.port)
     try:
         server.serve_forever(poll_interval=0.1)
     finally:
+        app.webhooks.stop()
         server.server_close()
     server.write_log("stopped")
     return 0

@@ -10,7 +10,13 @@ from typing import Any
 CREATE = "POST /v1/payment_intents"
 RETRIEVE = "GET /v1/payment_intents/:id"
 SEARCH = "GET /v1/payment_intents/search"
+CONFIRM = "POST /v1/payment_intents/:id/confirm"
+CANCEL = "POST /v1/payment_intents/:id/cancel"
+EVENTS = "GET /v1/events"
+EVENT = "GET /v1/events/:id"
+CHARGE = "GET /v1/charges/:id"
 OTHER = "other"
+ROUTES = (CREATE, RETRIEVE, SEARCH, CONFIRM, CANCEL, EVENTS, EVENT, CHARGE, OTHER)
 
 #: Outcome recorded when the connection was closed without an answer.
 NO_RESPONSE = "no_response"
@@ -53,9 +59,7 @@ class Stats:
             data: dict[str, Any] = {
                 "requests": {
                     "total": sum(requests.values()),
-                    "by_route": {
-                        route: requests.get(route, 0) for route in (CREATE, RETRIEVE, SEARCH, OTHER)
-                    },
+                    "by_route": {route: requests.get(route, 0) for route in ROUTES},
                 },
                 "responses": dict(sorted(self._responses.items())),
                 "payment_intents_created": self._events["payment_intents_created"],
@@ -65,6 +69,8 @@ class Stats:
                 "authentication_failures": self._events["authentication_failures"],
                 "server_errors_saved": self._events["server_errors_saved"],
                 "searches": self._events["searches"],
+                "payment_intents_confirmed": self._events["payment_intents_confirmed"],
+                "payment_intents_canceled": self._events["payment_intents_canceled"],
                 "faults": {
                     name: self._faults[name]
                     for name in (

@@ -8,7 +8,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 #: Stripe keeps idempotency results for at least 24 hours.
@@ -59,6 +59,22 @@ class IntentStore:
         with self._lock:
             entry = self._intents.get(intent_id)
         return copy.deepcopy(entry.intent) if entry else None
+
+    def transition(
+        self, intent_id: str, change: Callable[[dict[str, Any]], Any]
+    ) -> tuple[dict[str, Any], Any] | None:
+        """Apply ``change`` to a working copy of the intent under the store's lock and keep
+        the result, so concurrent moves of one intent never interleave; an exception from
+        ``change`` keeps the intent as it was. Answers ``(copy of the new intent, what
+        change returned)``, or ``None`` when no such id exists."""
+        with self._lock:
+            entry = self._intents.get(intent_id)
+            if entry is None:
+                return None
+            intent = copy.deepcopy(entry.intent)
+            result = change(intent)
+            self._intents[intent_id] = replace(entry, intent=copy.deepcopy(intent))
+            return copy.deepcopy(intent), result
 
     def matching(self, key: str, value: str, *, visible_before: float) -> list[dict[str, Any]]:
         """Intents whose ``metadata[key] == value`` created by `visible_before`, newest

@@ -290,6 +290,11 @@ def test_stats_and_payment_intents_reflect_what_happened(
             "POST /v1/payment_intents": 3,
             "GET /v1/payment_intents/:id": 1,
             "GET /v1/payment_intents/search": 0,
+            "POST /v1/payment_intents/:id/confirm": 0,
+            "POST /v1/payment_intents/:id/cancel": 0,
+            "GET /v1/events": 0,
+            "GET /v1/events/:id": 0,
+            "GET /v1/charges/:id": 0,
             "other": 0,
         },
     }

@@ -241,6 +241,11 @@ def test_retrieve_and_unknown_routes() -> None:
         "POST /v1/payment_intents": 1,
         "GET /v1/payment_intents/:id": 2,
         "GET /v1/payment_intents/search": 0,
+        "POST /v1/payment_intents/:id/confirm": 0,
+        "POST /v1/payment_intents/:id/cancel": 0,
+        "GET /v1/events": 0,
+        "GET /v1/events/:id": 0,
+        "GET /v1/charges/:id": 0,
         "other": 1,
     }
 
