@@ -203,7 +203,7 @@ else
   # The receiver, for the stand-in on this machine: on loopback only, with a signing secret
   # made for this run.
   export WEBHOOK_HOST=${WEBHOOK_HOST:-127.0.0.1}
-  STRIPE_WEBHOOK_SECRET=whsec_$("$VENV_BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))')
+  STRIPE_WEBHOOK_SECRET=whsec_$("$VENV_BIN/python" -c 'import secrets; print(secrets.token_hex(24))')
   export STRIPE_WEBHOOK_SECRET
   start_standin
   STANDIN=1
@@ -230,12 +230,13 @@ Watch the jobs:
 EOF
 if [[ -n $STANDIN ]]; then
   cat <<EOF
-Pay it as a customer would, with a test card (PAYMENT_ID: the payment_id it printed):
-  $VENV_BIN/python -m stripe_standin pay --api-base $STRIPE_API_BASE PAYMENT_ID --card pm_card_visa
-Read it, succeeded now that Stripe's webhook has told the database:
+Pay it as a customer would, with a test card (PAYMENT_ID: the payment_id it printed; the
+stand-in takes any sk_test_ key, and this one is nobody's secret):
+  STRIPE_API_KEY=sk_test_customer $VENV_BIN/python -m stripe_standin pay --api-base $STRIPE_API_BASE PAYMENT_ID --card pm_card_visa
+Read it, succeeded once Stripe's webhook has told the database:
   psql "$U_SAFE" -c "SELECT get_payment('PAYMENT_ID');"
 Other test cards: pm_card_chargeDeclined (declined: pay again with another card) and
-pm_card_authenticationRequired (3-D Secure: then stripe_standin 3ds --api-base ... PAYMENT_ID --succeed).
+pm_card_authenticationRequired (then: $VENV_BIN/python -m stripe_standin 3ds --api-base $STRIPE_API_BASE PAYMENT_ID --succeed).
 EOF
 fi
 cat <<EOF
