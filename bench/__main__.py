@@ -1,6 +1,6 @@
 """`make bench`: every measurement of issue 5 in one run, one table, bench/RESULTS.md.
 
-    scripts/with-env.sh .venv/bin/python -m bench [--quick] [--only rpc,noop,throughput,webhooks]
+    scripts/with-env.sh .venv/bin/python -m bench [--quick] [--only rpc,noop,...,events]
 
 Each database it uses is a fresh one it creates (pw_bench_<pid>_...) and drops at the
 end, never the `payment_worker` database of `make run`. See bench/RESULTS.md, "Method"."""
@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 from stripe_standin.process import StandinProcess
 
-from bench import peers_venv, report, rpc_latency, throughput, webhooks
+from bench import event_apply, peers_venv, report, rpc_latency, throughput, webhooks
 from bench.common import BENCH_DIR, ROOT, admin_url, as_login, database_url
 from bench.supervised import BenchSupervisord
 
@@ -259,6 +259,21 @@ def section_webhooks(create: Any, args: argparse.Namespace, runs: Path) -> dict[
     return result
 
 
+def section_events(create: Any, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
+    dsn = create("events", template="tpl")
+    with worker_login(("payment_webhook",), suffix="events_webhook") as login:
+        log(
+            f"events: {event_apply.PAYMENTS} payments paid at {1 / event_apply.PACE_SECONDS:g}/s,"
+            f" webhook → receiver → {event_apply.WORKERS} workers"
+        )
+        result = event_apply.run(
+            dsn, as_login(dsn, *args.worker_login), as_login(dsn, *login), runs / "events"
+        )
+    applied = result["apply_ms"]
+    log(f"  event received → row updated p50 {applied['p50']:.2f} ms, p99 {applied['p99']:.2f} ms")
+    return result
+
+
 # --- environment --------------------------------------------------------------------------
 
 
@@ -343,7 +358,7 @@ def other_load() -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny runs, to check the harness")
-    parser.add_argument("--only", default="rpc,noop,throughput,webhooks")
+    parser.add_argument("--only", default="rpc,noop,throughput,webhooks,events")
     parser.add_argument("--results", default=str(BENCH_DIR / "RESULTS.md"))
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     parser.add_argument(
@@ -392,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             results["throughput"] = section_throughput(create, args, runs)
         if "webhooks" in args.only:
             results["webhooks"] = section_webhooks(create, args, runs)
+        if "events" in args.only:
+            results["events"] = section_events(create, args, runs)
     results["load_after"] = other_load()
     results["environment"] = environment(results.get("noop"))
     results["runtime_s"] = time.monotonic() - started

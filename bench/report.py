@@ -147,6 +147,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         from bench import webhooks
 
         out += webhooks.rows(results["webhooks"])
+    if results.get("events"):
+        from bench import event_apply
+
+        out += event_apply.rows(results["events"])
     return out
 
 

@@ -112,7 +112,10 @@ def test_make_run_prints_working_lines_to_create_pay_and_read_and_ctrl_c_stops_e
         # The admin deployed; the workers (and the exporter) connect as a login that is
         # only in payment_worker, since this server trusts a password-less local login.
         assert "workers: as payment_worker_app (a login in role payment_worker only)" in text
-        assert "webhooks: the receiver as payment_webhook_app (a login in role payment_webhook only)" in text
+        assert (
+            "webhooks: the receiver as payment_webhook_app (a login in role payment_webhook only)"
+            in text
+        )
 
         def both_logins() -> dict[str, set[str]]:
             roles = session_roles(url)
