@@ -10,11 +10,11 @@ from types import FrameType
 import uvicorn
 
 from common import jsonlog
+from common.supervisor import stop_self
 from webhooks.app import PATH, build_app
 from webhooks.config import ConfigError, WebhookConfig
 from webhooks.server import server_config
 from webhooks.store import EventStore
-from webhooks.supervisor import stop_self
 
 # Exit status for a configuration the process cannot run with (sysexits EX_CONFIG).
 EXIT_CONFIG = 78

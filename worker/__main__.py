@@ -7,6 +7,7 @@ import signal
 import sys
 
 from common import jsonlog as logs
+from common.supervisor import stop_self
 from worker.config import Config, ConfigError
 from worker.service import (
     STOP_CLOSE_SECONDS,
@@ -17,7 +18,6 @@ from worker.service import (
     flush_and_exit,
     open_pool,
 )
-from worker.supervisor_rpc import stop_self
 
 # Exit status for a configuration the process cannot run with (sysexits EX_CONFIG).
 EXIT_CONFIG = 78

@@ -9,7 +9,7 @@ from typing import Any
 
 from supervisor import childutils
 
-log = logging.getLogger("worker.supervisor")
+log = logging.getLogger("supervisor_rpc")
 
 
 def rpc(env: Mapping[str, str] | None = None) -> Any:
@@ -20,8 +20,9 @@ def rpc(env: Mapping[str, str] | None = None) -> Any:
 def stop_self(env: Mapping[str, str] | None = None) -> bool:
     """Asks supervisord to leave this process stopped instead of restarting it.
 
-    For a worker that cannot run as configured: restarting it would only print
-    the same error again, forever. False when not under supervisord."""
+    For a program (a worker, the receiver) that cannot run as configured: restarting
+    it would only print the same error again, forever. False when not under
+    supervisord."""
     env = os.environ if env is None else env
     group, name = env.get("SUPERVISOR_GROUP_NAME"), env.get("SUPERVISOR_PROCESS_NAME")
     if not (group and name and env.get("SUPERVISOR_SERVER_URL")):
