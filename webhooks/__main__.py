@@ -10,9 +10,10 @@ from types import FrameType
 import uvicorn
 
 from common import jsonlog
+from common.envconfig import ConfigError
 from common.supervisor import stop_self
 from webhooks.app import PATH, build_app
-from webhooks.config import ConfigError, WebhookConfig
+from webhooks.config import WebhookConfig
 from webhooks.server import server_config
 from webhooks.store import EventStore
 

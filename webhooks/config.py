@@ -10,15 +10,12 @@ from dataclasses import dataclass, field
 import psycopg.conninfo
 
 from common.dburl import ConninfoError, check_conninfo
+from common.envconfig import ConfigError, env_int, env_log_level
 
 SECRET_VARIABLE = "STRIPE_WEBHOOK_SECRET"  # noqa: S105  # its name, not its value
 # Stripe's endpoint signing secrets: whsec_ and then letters and digits.
 _SECRET = re.compile(r"whsec_[A-Za-z0-9_]+")
 _API_KEY = re.compile(r"(sk|rk)_(test|live)_[A-Za-z0-9_]+")
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names it, never its secret value."""
 
 
 class MissingSecretError(ConfigError):
@@ -65,9 +62,9 @@ class WebhookConfig:
             stripe_api_key=key,
             webhook_secrets=_secrets(env),
             host=env.get("WEBHOOK_HOST", "").strip() or "0.0.0.0",  # noqa: S104  # Stripe calls in
-            port=_int(env, "WEBHOOK_PORT", 8080, 1, 65535),
-            pool_size=_int(env, "WEBHOOK_POOL_SIZE", 4, 1, 100),
-            log_level=_log_level(env),
+            port=env_int(env, "WEBHOOK_PORT", 8080, 1, 65535),
+            pool_size=env_int(env, "WEBHOOK_POOL_SIZE", 4, 1, 100),
+            log_level=env_log_level(env),
         )
 
     @property
@@ -102,23 +99,3 @@ def _secrets(env: Mapping[str, str]) -> tuple[str, ...]:
                 "signing secret (whsec_ then letters and digits)"
             )
     return secrets
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def _log_level(env: Mapping[str, str]) -> str:
-    level = env.get("LOG_LEVEL", "INFO").strip().upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    return level

@@ -7,8 +7,9 @@ import signal
 import sys
 
 from common import jsonlog as logs
+from common.envconfig import ConfigError
 from common.supervisor import stop_self
-from worker.config import Config, ConfigError
+from worker.config import Config
 from worker.service import (
     STOP_CLOSE_SECONDS,
     StartupError,

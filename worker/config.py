@@ -10,14 +10,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from common.dburl import ConninfoError, check_conninfo
+from common.envconfig import ConfigError, env_int, env_log_level
 
 # The shortest retention the database's cleaner accepts: the default of
 # payments.config.min_job_retention (schema/deploy/worker_api.sql).
 MIN_JOB_RETENTION = 3600.0
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names it but never its secret value."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,7 @@ class Config:
             ),
             stripe_read_timeout=_float(env, "STRIPE_READ_TIMEOUT", 30.0, minimum=0.1, maximum=80),
             stripe_network_retries=env_int(env, "STRIPE_NETWORK_RETRIES", 2, minimum=0, maximum=5),
-            log_level=_log_level(env),
+            log_level=env_log_level(env),
             worker_id=_worker_id(env),
             rescue_after=_float(env, "RESCUE_AFTER", 900.0, minimum=60, maximum=86400),
             completed_retention=_float(
@@ -144,21 +141,6 @@ def _currency(env: Mapping[str, str]) -> str:
     return currency
 
 
-def env_int(
-    env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int = 10_000
-) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
 def _float(
     env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float
 ) -> float:
@@ -188,13 +170,6 @@ def _float_value(
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
-
-
-def _log_level(env: Mapping[str, str]) -> str:
-    level = env.get("LOG_LEVEL", "INFO").strip().upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    return level
 
 
 def _worker_id(env: Mapping[str, str]) -> str:

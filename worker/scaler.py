@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from common import jsonlog as logs
+from common.envconfig import ConfigError, env_int
 from common.supervisor import rpc as supervisor_rpc
-from worker.config import ConfigError, env_int
 
 GROUP = "worker"
 MAX_WORKERS = 32

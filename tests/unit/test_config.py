@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
+from common.envconfig import ConfigError
 from metrics.config import ExporterConfig
-from worker.config import Config, ConfigError
+from worker.config import Config
 
 BASE = {
     "DATABASE_URL": "postgresql://worker:pa55word@db.internal:5432/app",

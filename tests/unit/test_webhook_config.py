@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from common.envconfig import ConfigError
 from tests.webhook_support import OLD_SECRET, SECRET, body_of, event, intent, signature
-from webhooks.config import ConfigError, MissingSecretError, WebhookConfig
+from webhooks.config import MissingSecretError, WebhookConfig
 from webhooks.verify import Rejected, parse, verify
 
 BASE = {
