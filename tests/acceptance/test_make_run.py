@@ -59,6 +59,15 @@ def _restore_pg_env(pg_env: Path, previous: bytes | None) -> None:
             pg_env.write_bytes(previous)
 
 
+def pasted(line: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A printed line run as a developer pastes it into a shell; it must succeed."""
+    done = subprocess.run(
+        ["bash", "-c", line], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def running_worker_pids() -> list[int]:
     try:
         infos = rpc("getAllProcessInfo")
@@ -142,30 +151,14 @@ def test_make_run_prints_working_lines_to_create_pay_and_read_and_ctrl_c_stops_e
         shell_env = {**base_env(), "PATH": f"{Path(psql_bin()).parent}:{base_env()['PATH']}"}
         if os.environ.get("PGPASSWORD"):
             shell_env["PGPASSWORD"] = os.environ["PGPASSWORD"]
-        paid = subprocess.run(
-            ["bash", "-c", rpc_line.group(1)],
-            env=shell_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert paid.returncode == 0, paid.stderr
+        paid = pasted(rpc_line.group(1), shell_env)
         [row] = [line.strip() for line in paid.stdout.splitlines() if '{"amount"' in line]
         assert '"amount": 25.00' in row
         payment = json.loads(row, parse_float=Decimal)
         assert payment["amount"] == Decimal("25.00")
         assert (payment["currency"], payment["status"]) == ("USD", "pending")
         assert payment["description"] == "Test payment $25.00"
-        watched = subprocess.run(
-            ["bash", "-c", watch_line.group(1)],
-            env=shell_env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert watched.returncode == 0, watched.stderr
+        watched = pasted(watch_line.group(1), shell_env)
         assert re.search(r"\|\s*completed\s*\|\s*1\s*\|", watched.stdout), watched.stdout
 
         # Pay it as a customer would, then read it succeeded: the webhook told the database
@@ -174,27 +167,11 @@ def test_make_run_prints_working_lines_to_create_pay_and_read_and_ctrl_c_stops_e
         read_line = re.search(r"^\s*(psql .*get_payment\('PAYMENT_ID'\).*)$", text, re.M)
         assert pay_line and read_line, text
         payment_id = payment["payment_id"]
-        card = subprocess.run(
-            ["bash", "-c", pay_line.group(1).replace("PAYMENT_ID", payment_id)],
-            env=shell_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert card.returncode == 0, card.stderr
+        card = pasted(pay_line.group(1).replace("PAYMENT_ID", payment_id), shell_env)
         assert "succeeded" in card.stdout, card.stdout
 
         def read_status() -> str | None:
-            read = subprocess.run(
-                ["bash", "-c", read_line.group(1).replace("PAYMENT_ID", payment_id)],
-                env=shell_env,
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-            assert read.returncode == 0, read.stderr
+            read = pasted(read_line.group(1).replace("PAYMENT_ID", payment_id), shell_env)
             found = re.search(r'"status": "(\w+)"', read.stdout)
             return found.group(1) if found and found.group(1) == "succeeded" else None
 
