@@ -56,7 +56,8 @@ ENV METRICS_HOST=0.0.0.0
 # USER rather than dropping privileges at start (su, gosu): the runtime then hands the
 # container's stdout to this user, and supervisord reopens /dev/stdout for every log.
 # Numeric, so that Kubernetes' runAsNonRoot can verify it: 10001 is app.
-EXPOSE 9187
+# The exporter, and the Stripe webhook receiver.
+EXPOSE 9187 8080
 USER 10001:10001
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["supervisord", "-c", "supervisord.conf"]

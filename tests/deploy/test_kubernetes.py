@@ -23,10 +23,13 @@ MANIFEST = DEPLOY / "kubernetes" / "payment-worker.yaml"
 
 @pytest.fixture(scope="module")
 def documents() -> dict[str, dict[str, Any]]:
+    """By kind, and a Service by `Service/<name>`."""
     docs = [d for d in load_yaml_documents(MANIFEST) if d is not None]
-    kinds = [d["kind"] for d in docs]
-    assert len(kinds) == len(set(kinds))
-    return {d["kind"]: d for d in docs}
+    keys = [
+        d["kind"] if d["kind"] != "Service" else f"Service/{d['metadata']['name']}" for d in docs
+    ]
+    assert len(keys) == len(set(keys))
+    return dict(zip(keys, docs, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +44,13 @@ def container(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_objects(documents: dict[str, dict[str, Any]]) -> None:
-    assert set(documents) == {"Deployment", "Service"}
+    assert set(documents) == {
+        "Deployment",
+        "Service/payment-worker-metrics",
+        "Service/payment-worker-webhooks",
+    }
     assert documents["Deployment"]["apiVersion"] == "apps/v1"
-    assert documents["Service"]["apiVersion"] == "v1"
+    assert documents["Service/payment-worker-metrics"]["apiVersion"] == "v1"
 
 
 def test_no_secret_values_in_the_file() -> None:
@@ -98,6 +105,13 @@ def test_environment(container: dict[str, Any]) -> None:
     assert int(env.get("METRICS_PORT", {"value": METRICS_PORT})["value"]) == METRICS_PORT
     # The exporter's default is loopback: Prometheus could not scrape the pod without this.
     assert env["METRICS_HOST"]["value"] == "0.0.0.0"  # noqa: S104
+    # The receiver's secret and login come from the Secret, and may be absent (it stays
+    # stopped); its port is the container's named one.
+    for name in ("STRIPE_WEBHOOK_SECRET", "WEBHOOK_DATABASE_URL"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == name and ref["optional"] is True
+        assert "value" not in env[name]
+    assert named_port(container, "webhooks") == int(env["WEBHOOK_PORT"]["value"]) == 8080
 
 
 def test_the_root_filesystem_is_read_only_but_the_run_dir_is_writable(
@@ -123,14 +137,15 @@ def test_the_service_selects_the_pods(documents: dict[str, dict[str, Any]]) -> N
     deployment = documents["Deployment"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    service = documents["Service"]
-    assert service["spec"]["selector"].items() <= labels.items()
+    for name in ("metrics", "webhooks"):
+        service = documents[f"Service/payment-worker-{name}"]
+        assert service["spec"]["selector"].items() <= labels.items()
 
 
 def test_the_service_is_annotated_for_scraping(
     documents: dict[str, dict[str, Any]], container: dict[str, Any]
 ) -> None:
-    service = documents["Service"]
+    service = documents["Service/payment-worker-metrics"]
     annotations = service["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(METRICS_PORT)
@@ -138,3 +153,10 @@ def test_the_service_is_annotated_for_scraping(
     (port,) = service["spec"]["ports"]
     assert port["port"] == METRICS_PORT
     assert named_port(container, port["targetPort"]) == METRICS_PORT
+
+
+def test_the_webhook_service_reaches_the_receiver(
+    documents: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    (port,) = documents["Service/payment-worker-webhooks"]["spec"]["ports"]
+    assert named_port(container, port["targetPort"]) == 8080

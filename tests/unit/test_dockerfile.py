@@ -272,5 +272,5 @@ def test_the_image_holds_every_program_supervisord_runs(instructions: list[Instr
             assert package in copied, f"[{section}] runs {command[2]}, not copied"
 
 
-def test_only_the_metrics_port_is_exposed(instructions: list[Instruction]) -> None:
-    assert [i.args for i in of(instructions, "EXPOSE")] == ["9187"]
+def test_only_the_metrics_and_webhook_ports_are_exposed(instructions: list[Instruction]) -> None:
+    assert [i.args for i in of(instructions, "EXPOSE")] == ["9187 8080"]
