@@ -144,7 +144,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     applied = result["apply_ms"]
     return [
         (
-            "10",
+            "6",
             f"Event received → payment row updated, stand-in at 0 ms ({result['measured']}/"
             f"{result['payments']} payments paid at {result['pace_per_s']:g}/s, "
             f"{result['workers']} workers)",
