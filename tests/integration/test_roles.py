@@ -73,12 +73,15 @@ def database_state(conn: psycopg.Connection) -> tuple[object, ...]:
             "SELECT * FROM payments.currency ORDER BY code",
             "SELECT * FROM payments.job_lease ORDER BY job_id",
             "SELECT * FROM payments.worker_leader",
+            "SELECT * FROM payments.stripe_events ORDER BY id",
         )
     )
 
 
 # What the audit did as payment_worker; each must now be refused outright.
 WORKER_ATTACKS = {
+    "read-events": "SELECT payload FROM payments.stripe_events",
+    "mark-event-applied": "UPDATE payments.stripe_events SET outcome = 'applied'",
     "set-succeeded": "UPDATE payments.transactions SET status = 'succeeded'",
     "swap-client-secret": "UPDATE payments.transactions"
     " SET provider_client_secret = 'pi_m_secret_m'",
@@ -124,6 +127,8 @@ WORKER_ATTACKS = {
 
 # The same for a client: beyond its two RPCs and its own rows, nothing.
 CLIENT_ATTACKS = {
+    "read-events": "SELECT payload FROM payments.stripe_events",
+    "record-event": "SELECT payments.stripe_event_record('{}', 'webhook')",
     "read-config": "SELECT * FROM payments.config",
     "read-loopback-password": "SELECT password FROM payments.loopback",
     "set-authenticators": "UPDATE payments.config SET authenticator_roles = '{}'",
@@ -179,6 +184,50 @@ def test_the_worker_role_cannot(
         assert worker_conn.execute("SELECT * FROM payments.worker_settings()").fetchall() == [
             ("USD", "payments")
         ]
+    assert database_state(conn) == before
+
+
+# The webhook receiver's login: it records verified events through one function, and that
+# is all; a stolen receiver login reads no payment, no secret, no event.
+WEBHOOK_ATTACKS = {
+    "read-payments": "SELECT provider_client_secret FROM payments.transactions",
+    "read-events": "SELECT payload FROM payments.stripe_events",
+    "insert-event": "INSERT INTO payments.stripe_events (id, type, created, livemode, payload,"
+    " source, outcome, processed_at) VALUES ('evt_x', 't', now(), false, '{}', 'webhook',"
+    " 'ignored', now())",
+    "set-succeeded": "UPDATE payments.transactions SET status = 'succeeded'",
+    "read-jobs": "SELECT * FROM metadata.river_job",
+    "enqueue-job": "INSERT INTO metadata.river_job (kind, args, max_attempts, queue)"
+    " VALUES ('apply_stripe_event', '{}', 5, 'payments')",
+    "claim-jobs": "SELECT * FROM payments.job_claim(10, 'webhook')",
+    "resync": "SELECT payments.resync(gen_random_uuid())",
+    "observation-token": "SELECT payments.observation_token()",
+    "create-payment": "SELECT create_payment_intent_sync(2500, 'x')",
+    "read-loopback-password": "SELECT password FROM payments.loopback",
+}
+
+
+@pytest.mark.parametrize("statement", list(WEBHOOK_ATTACKS.values()), ids=list(WEBHOOK_ATTACKS))
+def test_the_webhook_role_cannot(
+    conn: psycopg.Connection, database_url: str, login_role: MakeRole, statement: str
+) -> None:
+    payment = insert_payment(conn)
+    conn.execute(
+        "SELECT payments.stripe_event_record(%s, 'webhook')",
+        (
+            '{"id": "evt_roles", "object": "event", "type": "payment_intent.created",'
+            ' "created": 1700000000, "livemode": false, "data": {"object":'
+            ' {"object": "payment_intent", "id": "pi_roles", "metadata": {"payment_id": "'
+            + str(payment)
+            + '"}}}}',
+        ),
+    )
+    before = database_state(conn)
+    with (
+        connect_as(database_url, login_role("payment_webhook")) as hook_conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        hook_conn.execute(statement)
     assert database_state(conn) == before
 
 
