@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,6 +29,32 @@ PATH = "/webhooks/stripe"
 MAX_BODY_BYTES = 1024 * 1024
 # A client has this long to send its whole body once its headers are in.
 BODY_TIMEOUT_SECONDS = 10.0
+
+
+class RejectionLog:
+    """One warning per reason per `every` seconds at most: a flood of bad posts (a wrong
+    secret after a rotation, a scanner) must not flood the log. Each line says how many
+    refusals it stands for; the metric counts every one."""
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every = every
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warn(self, reason: str, message: str, client: str) -> None:
+        now = self._clock()
+        last = self._last.get(reason)
+        if last is not None and now - last < self._every:
+            self._held[reason] = self._held.get(reason, 0) + 1
+            return
+        self._last[reason] = now
+        refused = 1 + self._held.pop(reason, 0)
+        log.warning(
+            "webhook rejected: %s",
+            message,
+            extra={"reason": reason, "client": client, "refused": refused},
+        )
 
 
 def error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -74,6 +100,7 @@ class StripeWebhook:
         self._store = store
         self._secrets = secrets
         self._livemode = livemode
+        self._rejections = RejectionLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -89,11 +116,7 @@ class StripeWebhook:
             return await self._handle(request)
         except Rejected as exc:
             telemetry.REJECTIONS.labels(exc.reason).inc()
-            log.warning(
-                "webhook rejected: %s",
-                exc.message,
-                extra={"reason": exc.reason, "client": _client(request)},
-            )
+            self._rejections.warn(exc.reason, exc.message, _client(request))
             return error(_STATUS.get(exc.reason, 400), exc.message, **_HEADERS.get(exc.reason, {}))
 
     async def _handle(self, request: Request) -> Response:

@@ -209,7 +209,8 @@ def test_bad_signatures_are_400_store_nothing_and_are_counted(
     assert receiver.rejections() == {"signature": 5.0, "stale": 1.0}
     assert receiver.events() == {}
     warnings = [line for line in receiver.log_lines() if line["msg"].startswith("webhook rejected")]
-    assert [w["reason"] for w in warnings] == ["signature"] * 5 + ["stale"]
+    # One line per reason per 10 s (a flood must not flood the log); the metric counts all.
+    assert [w["reason"] for w in warnings] == ["signature", "stale"]
     log = receiver.log()
     for secret in (SECRET, OLD_SECRET, TEST_KEY, DB_PASSWORD_PROBE, sent["id"], str(payment)):
         assert secret not in log
