@@ -313,11 +313,17 @@ class Backfill(LeaderLoop):
     (`GET /v1/events`, payment_intent.*), each recorded as the receiver would
     (payments.stripe_event_record, source `backfill`; one we hold is a free duplicate).
 
-    From `margin` before the start of this leader's last pass that read the list to its
-    end, so an outage of the receiver between two passes is covered even when it has
-    received newer events since; on a new leader's first pass, from `margin` before the
-    newest event we hold (or `lookback` ago when we hold none). At most `max_pages` pages
-    of 100 a pass; a longer list is continued from its cursor on the next pass."""
+    From `margin` before the start of the last pass that read the list to its end, so
+    an outage of the receiver between two passes is covered even when it has received
+    newer events since. That position lives in payments.backfill_cursor, not in this
+    process: a new leader (restart, failover) carries on from it. Only before the first
+    saved pass, from `margin` before the newest event we hold (or `lookback` ago when we
+    hold none). At most `max_pages` pages of 100 a pass; a longer list is continued
+    from its saved cursor on the next pass, whichever leader runs it.
+
+    The position moves only after the pass's events are recorded, and only from the
+    leader's session (the database refuses any other): a pass that fails or loses the
+    leadership halfway is read again."""
 
     name = "backfill"
 
@@ -344,24 +350,23 @@ class Backfill(LeaderLoop):
         self._margin = margin
         self._lookback = lookback
         self._max_pages = max_pages
-        # (created_gte, starting_after, started) of a listing cut short by max_pages.
-        self._resume: tuple[int, str, datetime] | None = None
-        # When the last listing read to its end began: everything Stripe had created
-        # by then (less clock skew, which the margin absorbs) has been recorded.
-        self.covered: datetime | None = None
+
+    def _start(self) -> tuple[int, str | None, datetime]:
+        """(created_gte, starting_after, started) of this pass."""
+        position = self._store.backfill_position()
+        if position is not None and position.resume is not None:
+            return position.resume
+        started = datetime.now(UTC)
+        if position is not None and position.covered_at is not None:
+            start = position.covered_at - timedelta(seconds=self._margin)
+        elif (newest := self._store.stripe_event_newest_created()) is not None:
+            start = newest - timedelta(seconds=self._margin)
+        else:
+            start = started - timedelta(seconds=self._lookback)
+        return int(start.timestamp()), None, started
 
     def run_once(self) -> int:
-        if self._resume is not None:
-            since, starting_after, started = self._resume
-        else:
-            started = datetime.now(UTC)
-            if self.covered is not None:
-                start = self.covered - timedelta(seconds=self._margin)
-            elif (newest := self._store.stripe_event_newest_created()) is not None:
-                start = newest - timedelta(seconds=self._margin)
-            else:
-                start = started - timedelta(seconds=self._lookback)
-            since, starting_after = int(start.timestamp()), None
+        since, starting_after, started = self._start()
         try:
             events, last = self._gateway.list_events(
                 since, starting_after=starting_after, max_pages=self._max_pages
@@ -372,16 +377,17 @@ class Backfill(LeaderLoop):
                 extra={"error": exc.message, "stripe_request_id": exc.request_id},
             )
             return 0
-        if last is None:
-            self._resume, self.covered = None, started
-        else:
-            self._resume = (since, last, started)
         stored = 0
         # Oldest first, so the newest we hold only moves forward.
         for event in reversed(events):
             if self._store.stripe_event_record(event, "backfill") == "stored":
                 stored += 1
         telemetry.BACKFILLED.inc(stored)
+        # Everything listed is recorded: only now may the position move past it.
+        if last is None:
+            self._store.backfill_pass_complete(started)
+        else:
+            self._store.backfill_pass_cut(since, last, started)
         if stored or last is not None:
             log.info(
                 "backfill: events recorded from Stripe's list",

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,17 @@ SERVER_DEAD_CLIENT_PARAMS: dict[str, str] = {
     "user_timeout": "10000",
     "check_interval": "2000",
 }
+
+
+@dataclass(frozen=True)
+class BackfillPosition:
+    """Where the backfill stands in Stripe's event list (payments.backfill_cursor).
+
+    `covered_at`: when the last pass that read the list to its end began. `resume`:
+    a pass cut by max_pages, as (created[gte], starting_after, when it began)."""
+
+    covered_at: datetime | None
+    resume: tuple[int, str, datetime] | None
 
 
 def _connect(conninfo: str, application_name: str, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -372,6 +383,44 @@ class Store:
             row = conn.execute(Q["stripe_event_record"], params).fetchone()
         assert row is not None
         return str(row[0])
+
+    # --- the backfill's position (schema/deploy/backfill_cursor.sql) ----------------------------
+
+    def backfill_position(self) -> BackfillPosition | None:
+        """The saved position; None when no pass has been saved yet."""
+        with self._pool.connection() as conn:
+            row = conn.cursor(row_factory=dict_row).execute(Q["backfill_position"]).fetchone()
+        if row is None:
+            return None
+        resume = None
+        if row["resume_starting_after"] is not None:
+            resume = (
+                int(row["resume_created_gte"]),
+                str(row["resume_starting_after"]),
+                row["resume_started_at"],
+            )
+        return BackfillPosition(covered_at=row["covered_at"], resume=resume)
+
+    def backfill_pass_complete(self, started_at: datetime) -> bool:
+        """A pass that began at `started_at` read the list to its end; returns whether
+        the covered time moved (never back). On the leader connection: the database
+        refuses it from any session but the leader's."""
+        rows = self._leader.execute(Q["backfill_pass_complete"], {"started_at": started_at})
+        return bool(rows[0]["moved"])
+
+    def backfill_pass_cut(
+        self, created_gte: int, starting_after: str, started_at: datetime
+    ) -> bool:
+        """A pass was cut after the event `starting_after`: the next continues there.
+        Returns whether it was saved (not for a pass begun before the covered time).
+        On the leader connection, like backfill_pass_complete."""
+        params = {
+            "created_gte": created_gte,
+            "starting_after": starting_after,
+            "started_at": started_at,
+        }
+        rows = self._leader.execute(Q["backfill_pass_cut"], params)
+        return bool(rows[0]["saved"])
 
 
 def _held(job: Job) -> dict[str, Any]:

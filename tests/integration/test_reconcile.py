@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 
 from tests import pg
 from tests.integration import lifecycle as lc
@@ -18,7 +19,7 @@ from tests.integration.conftest import MakeRole, connect_as
 from tests.integration.rows import QUEUE, claim, insert_payment, payment_row
 from worker.executor import JobExecutor
 from worker.maintenance import Backfill, Leadership, Reconciler
-from worker.store import Store
+from worker.store import BackfillPosition, Store
 from worker.stripe_gateway import StripeGateway
 
 
@@ -242,7 +243,34 @@ def test_a_client_may_resync_its_own_payment_only(
 
 
 def backfill(store: Store, gateway: StripeGateway, stop: threading.Event, **kw: int) -> Backfill:
-    return Backfill(store, Leadership(store, stop=stop), gateway, queue=QUEUE, stop=stop, **kw)
+    """A leader's backfill: `store`'s leader session takes the leadership first (the
+    database takes the backfill's position from no other session)."""
+    leadership = Leadership(store, stop=stop)
+    assert leadership.run_once()
+    return Backfill(store, leadership, gateway, queue=QUEUE, stop=stop, **kw)
+
+
+@pytest.fixture
+def other_store(pool: ConnectionPool) -> Iterator[Store]:
+    """A second worker on the same database: its own leader session."""
+    s = Store(pool)
+    yield s
+    s.close()
+
+
+def leader_dies(conn: psycopg.Connection) -> None:
+    """The leader's session ends as in a crash or failover, without resigning."""
+    row = conn.execute(
+        "SELECT pg_terminate_backend(backend_pid, 5000) FROM payments.worker_leader"
+    ).fetchone()
+    assert row == (True,)
+
+
+def covered_at(store: Store) -> datetime:
+    position = store.backfill_position()
+    assert position is not None
+    assert position.covered_at is not None
+    return position.covered_at
 
 
 def test_the_backfill_records_what_the_receiver_missed_and_applies_it(  # noqa: PLR0917
@@ -319,9 +347,9 @@ def test_an_outage_between_two_passes_is_covered_though_newer_events_arrived(  #
     loop = backfill(store, gateway, stop)
 
     # Phase 1: a pass reads the whole list (empty): covered up to its start.
+    assert store.backfill_position() is None
     assert loop.run_once() == 0
-    assert loop.covered is not None
-    covered = int(loop.covered.timestamp())
+    covered = int(covered_at(store).timestamp())
 
     # Phase 2: the receiver misses one event, then is back and records a much newer one.
     missed = lc.event(stripe.move(intent_id, "processing"), "payment_intent.processing")
@@ -336,3 +364,134 @@ def test_an_outage_between_two_passes_is_covered_though_newer_events_arrived(  #
     assert lc.event_row(conn, missed["id"])["source"] == "backfill"
     lc.run_available(store, executor)
     assert lc.status_of(conn, payment_id) == "succeeded"
+
+
+def test_a_new_leader_reads_back_an_outage_that_spanned_a_leader_change(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    store: Store,
+    other_store: Store,
+    executor: JobExecutor,
+    gateway: StripeGateway,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+) -> None:
+    stripe.serve_events()
+    payment_id, intent_id = created_payment(conn, store, executor)
+
+    # Phase 1: the first leader reads the whole list (empty); its position is saved.
+    assert backfill(store, gateway, stop).run_once() == 0
+    covered = int(covered_at(store).timestamp())
+
+    # Phase 2: the receiver misses one event, the leader dies, and the receiver, back,
+    # records a much newer one.
+    missed = lc.event(stripe.move(intent_id, "processing"), "payment_intent.processing")
+    newer = lc.event(stripe.move(intent_id, "succeeded"), "payment_intent.succeeded")
+    newer["created"] = missed["created"] + 3600
+    stripe.events.extend([missed, newer])
+    leader_dies(conn)
+    assert lc.record(conn, newer) == "stored"
+
+    # Phase 3: the new leader starts from the saved pass, not from the newest held event.
+    assert backfill(other_store, gateway, stop).run_once() == 1
+    assert stripe.event_requests[-1]["created[gte]"] == [str(covered - 300)]
+    assert lc.event_row(conn, missed["id"])["source"] == "backfill"
+    assert int(covered_at(store).timestamp()) >= covered
+    lc.run_available(store, executor)
+    assert lc.status_of(conn, payment_id) == "succeeded"
+
+
+def test_a_pass_cut_by_max_pages_is_continued_by_the_next_leader(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    store: Store,
+    other_store: Store,
+    executor: JobExecutor,
+    gateway: StripeGateway,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+) -> None:
+    stripe.serve_events()
+    _, intent_id = created_payment(conn, store, executor)
+    stripe.events.extend(
+        lc.event(stripe.intent(intent_id), "payment_intent.requires_action") for _ in range(250)
+    )
+
+    # Phase 1: the first leader reads two pages and is cut: its cursor is saved.
+    assert backfill(store, gateway, stop, max_pages=2).run_once() == 200
+    position = store.backfill_position()
+    assert position is not None
+    assert position.covered_at is None
+    assert position.resume is not None
+    since, cursor, started = position.resume
+    assert cursor == stripe.events[250 - 200]["id"]  # the oldest of the newest 200
+    leader_dies(conn)
+
+    # Phase 2: another leader continues that listing from its cursor.
+    loop = backfill(other_store, gateway, stop, max_pages=2)
+    assert loop.run_once() == 50
+    asked = stripe.event_requests[-1]
+    assert (asked["created[gte]"], asked["starting_after"]) == ([str(since)], [cursor])
+    assert store.backfill_position() == BackfillPosition(covered_at=started, resume=None)
+
+    # Phase 3: the next pass starts anew from the cut pass's start, and finds nothing new.
+    asked_before = len(stripe.event_requests)
+    assert loop.run_once() == 0
+    first = stripe.event_requests[asked_before]
+    assert "starting_after" not in first
+    assert first["created[gte]"] == [str(int(started.timestamp()) - 300)]
+    assert conn.execute("SELECT count(*) FROM payments.stripe_events").fetchone() == (250,)
+
+
+def test_only_the_leaders_session_moves_the_backfills_position(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    database_url: str,
+    store: Store,
+    other_store: Store,
+    gateway: StripeGateway,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+    login_role: MakeRole,
+) -> None:
+    stripe.serve_events()
+    loop = backfill(store, gateway, stop)
+    not_leader = psycopg.errors.ObjectNotInPrerequisiteState
+    when = datetime.now(UTC)
+
+    # Phase 1: a worker login's own session, while another holds the leadership.
+    worker = login_role("payment_worker")
+    with connect_as(database_url, worker) as session:
+        with pytest.raises(not_leader, match="only the maintenance leader"):
+            session.execute("SELECT payments.backfill_pass_complete(now())")
+        with pytest.raises(not_leader, match="only the maintenance leader"):
+            session.execute("SELECT payments.backfill_pass_cut(0, 'evt_1', now())")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            session.execute("SELECT * FROM payments.backfill_cursor")
+        # Reading it is allowed (nothing saved yet).
+        assert session.execute("SELECT * FROM payments.backfill_position()").fetchall() == []
+
+    # Phase 2: another worker's leader session, which did not win the election.
+    assert not Leadership(other_store, stop=stop).run_once()
+    with pytest.raises(not_leader):
+        other_store.backfill_pass_complete(when)
+    with pytest.raises(not_leader):
+        other_store.backfill_pass_cut(0, "evt_1", when)
+    other = Backfill(
+        other_store, Leadership(other_store, stop=stop), gateway, queue=QUEUE, stop=stop
+    )
+    with pytest.raises(not_leader):
+        other.run_once()
+    assert store.backfill_position() is None
+
+    # Phase 3: the leader's own session once its leadership has expired unrenewed.
+    conn.execute("UPDATE payments.worker_leader SET expires_at = now() - interval '1 second'")
+    with pytest.raises(not_leader):
+        loop.run_once()
+    assert store.backfill_position() is None
+
+    # Phase 4: renewed, it moves the position, and never back to an older pass.
+    assert Leadership(store, stop=stop).run_once()
+    assert loop.run_once() == 0
+    covered = covered_at(store)
+    assert covered > when
+    assert store.backfill_pass_complete(when) is False
+    assert store.backfill_pass_cut(0, "evt_1", when) is False
+    assert store.backfill_position() == BackfillPosition(covered_at=covered, resume=None)

@@ -467,3 +467,33 @@ def test_payment_lifecycle_reverts_to_exactly_what_was_there(
     sqitch_ok("verify", db)
     with connect(db) as conn:
         assert lifecycle_catalog(conn) == deployed
+
+
+def test_backfill_cursor_reverts_to_exactly_what_was_there(empty_database: MakeDatabase) -> None:
+    db = empty_database()
+    sqitch_ok("deploy", db, "--to", "backfill_cursor^")
+    with connect(db) as conn:
+        before = lifecycle_catalog(conn)
+
+    sqitch_ok("deploy", db)
+    with connect(db) as conn:
+        deployed = lifecycle_catalog(conn)
+        assert deployed != before
+        # A saved position, as a leader leaves it: the revert drops it with its table.
+        conn.execute(
+            "INSERT INTO payments.backfill_cursor"
+            " (queue, covered_at, resume_created_gte, resume_starting_after, resume_started_at,"
+            "  updated_at, updated_by)"
+            " VALUES ('payments', now(), 1, 'evt_1', now(), now(), 'host:1')"
+        )
+
+    sqitch_ok("revert", db, "-y", "--to", "backfill_cursor^")
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == before
+        assert conn.execute("SELECT to_regclass('payments.backfill_cursor')").fetchone() == (None,)
+
+    sqitch_ok("deploy", db)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == deployed
+        assert conn.execute("SELECT count(*) FROM payments.backfill_cursor").fetchone() == (0,)
