@@ -35,6 +35,11 @@ POST     /_standin/payment_intents/   ``{"succeed": bool}``: the customer comple
          {id}/3ds                     3-D Secure of an intent in requires_action
 POST     /_standin/payment_intents/   ``{"succeed": bool}``: the asynchronous payment of a
          {id}/settle                  processing intent settles or fails
+POST     /_standin/payment_intents/   ``{}``: Stripe gives up the uncaptured authorisation of a
+         {id}/expire                  requires_capture intent now (canceled, reason automatic)
+GET      /_standin/authorizations     ``{"authorization_window_seconds": s}``
+POST     /_standin/authorizations     ``{"authorization_window_seconds": s}``: the window of
+                                      authorisations made from now on; answers as GET
 POST     /_standin/reset              forget everything, restore start-up settings
 =======  ===========================  ==========================================================
 """
@@ -53,7 +58,7 @@ from stripe_standin.errors import StripeError
 from stripe_standin.faults import ConfigError, parse_script_entry
 
 PREFIX = "/_standin/"
-_INTENT_ACTION = re.compile(r"^payment_intents/([^/]+)/(3ds|settle)$")
+_INTENT_ACTION = re.compile(r"^payment_intents/([^/]+)/(3ds|settle|expire)$")
 
 
 class Admin:
@@ -77,6 +82,8 @@ class Admin:
             ("GET", "script"): self._script_status,
             ("POST", "script"): self._set_script,
             ("POST", "reset"): self._reset,
+            ("GET", "authorizations"): self._authorizations,
+            ("POST", "authorizations"): self._set_authorizations,
         }
         action = _INTENT_ACTION.match(name)
         if action is not None:
@@ -202,8 +209,28 @@ class Admin:
         except StripeError as exc:
             return Response(exc.status, json_body(exc.body()))
 
+    def _authorizations(self, _request: Request) -> dict[str, Any]:
+        return {"authorization_window_seconds": self.app.flow.authorization_window}
+
+    def _set_authorizations(self, request: Request) -> dict[str, Any]:
+        payload = _json_object(request)
+        name = "authorization_window_seconds"
+        if set(payload) != {name}:
+            raise ConfigError(f'expected {{"{name}": seconds}}')
+        value = payload[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{name} must be a positive number of seconds", param=name)
+        self.app.flow.authorization_window = value
+        return self._authorizations(request)
+
     def _intent_action(self, intent_id: str, action: str, request: Request) -> dict[str, Any]:
         payload = _json_object(request)
+        if action == "expire":
+            if payload:
+                raise ConfigError("expected an empty body {}")
+            intent = self.app.flow.expire(intent_id)
+            self.app.stats.event("authorizations_expired")
+            return intent
         if set(payload) != {"succeed"} or not isinstance(payload["succeed"], bool):
             raise ConfigError('expected {"succeed": true} or {"succeed": false}')
         succeed = payload["succeed"]

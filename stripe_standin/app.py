@@ -50,7 +50,7 @@ from stripe_standin.webhooks import WebhookDeliverer
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_SEARCH_LIMIT = 100
 _RETRIEVE_PATH = re.compile(r"^/v1/payment_intents/([^/]+)$")
-_ACTION_PATH = re.compile(r"^/v1/payment_intents/([^/]+)/(confirm|cancel)$")
+_ACTION_PATH = re.compile(r"^/v1/payment_intents/([^/]+)/(confirm|cancel|capture)$")
 _EVENT_PATH = re.compile(r"^/v1/events/([^/]+)$")
 _CHARGE_PATH = re.compile(r"^/v1/charges/([^/]+)$")
 _FIXED_ROUTES = {
@@ -58,9 +58,10 @@ _FIXED_ROUTES = {
     ("GET", "/v1/payment_intents/search"): stats.SEARCH,
     ("GET", "/v1/events"): stats.EVENTS,
 }
-_ACTIONS = {"confirm": stats.CONFIRM, "cancel": stats.CANCEL}
+_ACTIONS = {"confirm": stats.CONFIRM, "cancel": stats.CANCEL, "capture": stats.CAPTURE}
+_VERBS = {stats.CONFIRM: "confirmed", stats.CANCEL: "canceled", stats.CAPTURE: "captured"}
 #: Routes whose POST executes once its idempotency key is claimed (results saved).
-_IDEMPOTENT = (stats.CREATE, stats.CONFIRM, stats.CANCEL)
+_IDEMPOTENT = (stats.CREATE, stats.CONFIRM, stats.CANCEL, stats.CAPTURE)
 _SERVER_ERRORS = (Fault.FAIL_5XX, Fault.CREATE_THEN_5XX)
 
 
@@ -164,7 +165,12 @@ class StandinApp:
         self._sleep = sleep
         self._clock = clock
         self.events = EventStore()
-        self.flow = Flow(self.intents, self.events, clock)
+        self.flow = Flow(
+            self.intents,
+            self.events,
+            clock,
+            authorization_window=config.authorization_window,
+        )
         self.webhooks = WebhookDeliverer(
             config.webhooks,
             config.webhook_secret,
@@ -183,7 +189,15 @@ class StandinApp:
         self.faults.reset(self.config.faults, self.config.seed)
         self.events.clear()
         self.flow.clear()
+        self.flow.authorization_window = self.config.authorization_window
         self.webhooks.reset(self.config.webhooks, self.config.webhook_secret, self.config.seed)
+
+    def expire_authorizations(self) -> int:
+        """Cancel the authorisations whose ``capture_before`` passed; how many."""
+        expired = self.flow.expire_due()
+        for _ in expired:
+            self.stats.event("authorizations_expired")
+        return len(expired)
 
     # --- API entry point --------------------------------------------------------------------
 
@@ -208,6 +222,7 @@ class StandinApp:
     def _handle_api(self, request: Request) -> Reply:
         route, intent_id = classify(request.method, request.path)
         self.stats.request(route)
+        self.expire_authorizations()  # lazily, besides the sweeper: no stale requires_capture
         fault = self.faults.decide()
         if fault is Fault.DROP:
             self.stats.fault(Fault.DROP.value)
@@ -400,7 +415,7 @@ class StandinApp:
         latency: float,
         fault: Fault | None = None,
     ) -> Reply:
-        """Confirm or cancel. Like a create, the result is saved against the key once the
+        """Confirm, cancel or capture. Like a create, the result is saved against the key once the
         request began executing: a 200, a card decline (402, the intent changed) or a 5xx;
         a refused request (bad parameters, wrong state) saves nothing."""
         self._sleep(latency)  # while the key is held: concurrent duplicates get 409
@@ -413,10 +428,12 @@ class StandinApp:
             self.stats.fault(fault.value)
             return self._server_error(errors.api_error(), where, note="fault=fail_5xx")
         origin = Origin(request_id, key)
-        verb = "confirmed" if route == stats.CONFIRM else "canceled"
+        verb = _VERBS[route]
         try:
             if route == stats.CONFIRM:
                 intent = self.flow.confirm(intent_id, form, origin, base_url=base_url)
+            elif route == stats.CAPTURE:
+                intent = self.flow.capture(intent_id, form, origin)
             else:
                 intent = self.flow.cancel(intent_id, form, origin)
         except StripeError as error:

@@ -120,6 +120,21 @@ class StandinAdmin:
         name = f"payment_intents/{urllib.parse.quote(intent_id)}/settle"
         return self._call("POST", name, {"succeed": succeed})
 
+    def expire_authorization(self, intent_id: str) -> dict[str, Any]:
+        """Stripe gives up the uncaptured authorisation of a requires_capture intent now:
+        canceled with cancellation_reason automatic; the intent after."""
+        name = f"payment_intents/{urllib.parse.quote(intent_id)}/expire"
+        return self._call("POST", name, {})
+
+    def authorization_window(self) -> float:
+        """Seconds a new uncaptured authorisation stays capturable."""
+        return float(self._call("GET", "authorizations")["authorization_window_seconds"])
+
+    def set_authorization_window(self, seconds: float) -> float:
+        """Change the window of authorisations made from now on; answers the new one."""
+        payload = {"authorization_window_seconds": seconds}
+        return float(self._call("POST", "authorizations", payload)["authorization_window_seconds"])
+
     def reset(self) -> None:
         """Forget intents, keys, counters, script; restore the start-up settings."""
         self._call("POST", "reset", {})
