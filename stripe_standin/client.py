@@ -135,6 +135,29 @@ class StandinAdmin:
         payload = {"authorization_window_seconds": seconds}
         return float(self._call("POST", "authorizations", payload)["authorization_window_seconds"])
 
+    def refunds(self) -> list[dict[str, Any]]:
+        """Every refund, oldest first."""
+        data: list[dict[str, Any]] = self._call("GET", "refunds")["data"]
+        return data
+
+    def refunds_pending(self) -> bool:
+        """Whether new refunds stay pending until settled."""
+        return bool(self._call("GET", "refunds/config")["pending"])
+
+    def set_refunds_pending(self, pending: bool) -> bool:
+        """New refunds stay pending (True) or succeed at once (False); answers the setting."""
+        return bool(self._call("POST", "refunds/config", {"pending": pending})["pending"])
+
+    def settle_refund(
+        self, refund_id: str, *, succeed: bool, failure_reason: str | None = None
+    ) -> dict[str, Any]:
+        """A pending refund succeeds, or fails with Stripe's ``failure_reason`` (default
+        declined); the refund after."""
+        payload: dict[str, Any] = {"succeed": succeed}
+        if failure_reason is not None:
+            payload["failure_reason"] = failure_reason
+        return self._call("POST", f"refunds/{urllib.parse.quote(refund_id)}/settle", payload)
+
     def reset(self) -> None:
         """Forget intents, keys, counters, script; restore the start-up settings."""
         self._call("POST", "reset", {})

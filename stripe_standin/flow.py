@@ -171,6 +171,15 @@ class Flow:
             found = self._charges.get(charge_id)
             return copy.deepcopy(found) if found is not None else None
 
+    def set_amount_refunded(self, charge_id: str, amount: int) -> dict[str, Any]:
+        """The charge's succeeded refunds add up to ``amount``: ``refunded`` once that is all
+        that was captured. A copy of the charge after."""
+        with self._lock:
+            charge = self._charges[charge_id]
+            charge["amount_refunded"] = amount
+            charge["refunded"] = amount >= int(charge["amount_captured"])
+            return copy.deepcopy(charge)
+
     # --- API calls -----------------------------------------------------------------------------
 
     def confirm(
