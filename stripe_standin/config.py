@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m stripe_standin",
         description="Local stand-in for the Stripe PaymentIntents API, with fault injection. "
         "Every option can also be set with STANDIN_<OPTION> (e.g. STANDIN_PORT). "
-        "To act as the customer instead: python -m stripe_standin pay|3ds|settle --help.",
+        "To act as the customer or a dashboard user instead: python -m stripe_standin "
+        "pay|3ds|settle|capture|refund --help.",
     )
     for flag, dest, kind, help_text in _OPTIONS:
         if kind is _flag:

@@ -1,9 +1,13 @@
 """Capture, authorisation expiry and refunds against a real stand-in process, through the
 official SDK, with the events listed and delivered as signed webhooks to a real endpoint."""
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +16,7 @@ import stripe
 from stripe_standin import StandinAdmin, StandinProcess
 from tests.unit.standin_receiver import Receiver
 
+ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk_test_capture_refunds_4242"
 SECRET = "whsec_integration_capture_refunds"
 
@@ -249,3 +254,37 @@ def test_faults_apply_to_refunds(client: stripe.StripeClient, admin: StandinAdmi
         client.v1.refunds.create({"payment_intent": intent.id, "amount": 100}, key())
     admin.configure(lose_response=0.0)
     assert [r["amount"] for r in admin.refunds()] == [100]  # done, the answer lost
+
+
+def cli(standin: StandinProcess, *args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("STRIPE_API_KEY", "STRIPE_API_BASE")}
+    env.update(PYTHONPATH=str(ROOT), STRIPE_API_KEY=API_KEY)
+    done = subprocess.run(
+        [sys.executable, "-m", "stripe_standin", *args, "--api-base", standin.url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_cli_capture_and_refund_as_a_dashboard_user(
+    standin: StandinProcess, client: stripe.StripeClient
+) -> None:
+    intent = paid(client, manual=True)
+    status, out, err = cli(standin, "capture", intent.id, "--amount", "2000")
+    assert (status, err) == (0, "")
+    assert out.startswith(f"{intent.id} succeeded amount=2000 usd")
+    status, out, err = cli(standin, "refund", intent.id, "--amount", "500", "--reason", "duplicate")
+    assert (status, err) == (0, "")
+    assert out.startswith("re_") and " succeeded amount=500 usd" in out
+    status, out, err = cli(standin, "refund", intent.id)
+    assert status == 0 and " amount=1500 " in out
+    status, out, err = cli(standin, "refund", intent.id)
+    assert (status, out) == (2, "")
+    assert "charge_already_refunded" in err
+    assert API_KEY not in err
+    status, _, err = cli(standin, "capture", intent.id)
+    assert status == 2 and "payment_intent_unexpected_state" in err
