@@ -38,7 +38,9 @@ with ``payment_method_details.card.capture_before`` = authorisation time + the a
 window (7 days, like Stripe; a change of the window applies to later authorisations, as a
 ``capture_before`` once given never moves). A partial capture releases the rest of the
 authorisation: ``amount_received`` and the charge's ``amount_captured`` are what was
-captured, ``amount_refunded`` stays 0. Expiry is checked lazily before every API request
+captured, ``amount_refunded`` stays 0. An authorisation canceled or expired before capture
+is released in full: Stripe marks its charge ``refunded`` (``amount_refunded = amount``;
+the stand-in makes no Refund object for it). Expiry is checked lazily before every API request
 and by :class:`stripe_standin.expiry.ExpirySweeper` in the server, so the events go out
 even when nobody asks.
 
@@ -251,6 +253,8 @@ class Flow:
         def change(intent: dict[str, Any]) -> None:
             if intent["status"] not in CANCELABLE:
                 raise unexpected_state("cancel", intent, CANCELABLE)
+            if intent["status"] == "requires_capture":
+                self._release(intent["latest_charge"])
             intent.update(
                 status="canceled",
                 canceled_at=int(self._clock()),
@@ -351,6 +355,7 @@ class Flow:
     def _expire(self, intent: dict[str, Any]) -> None:
         with self._lock:
             self._authorizations.pop(intent["id"], None)
+        self._release(intent["latest_charge"])
         self._emit_charge("charge.expired", intent["latest_charge"], AUTOMATIC)
         intent.update(
             status="canceled",
@@ -498,6 +503,13 @@ class Flow:
             code=decline.code,
             extra={**extra, "payment_intent": intent},
         )
+
+    def _release(self, charge_id: str) -> None:
+        """An uncaptured authorisation given up (canceled or expired): Stripe marks its
+        charge refunded, in full (no Refund object is made here)."""
+        with self._lock:
+            charge = self._charges[charge_id]
+            charge.update(refunded=True, amount_refunded=charge["amount"])
 
     def _authorize(self, intent: dict[str, Any], charge_id: str) -> None:
         """An uncaptured card authorisation: capturable until ``capture_before``."""

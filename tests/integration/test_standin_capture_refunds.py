@@ -238,10 +238,14 @@ def test_pending_refunds_settle_succeeded_or_failed(
     assert too_much.value.code == "amount_too_large"
 
 
-def test_the_pending_flag_at_start_up() -> None:
-    with StandinProcess(quiet=True, extra_args=["--refunds-pending"]) as process:
+def test_the_start_up_flags() -> None:
+    with StandinProcess(quiet=True, refunds_pending=True, authorization_window=90) as process:
         assert process.admin.refunds_pending() is True
-        assert "refunds stay pending" in process.log_text()
+        assert process.admin.authorization_window() == 90
+        assert "authorization window 90s; refunds stay pending" in process.log_text()
+        process.admin.set_refunds_pending(False)
+        process.admin.reset()  # back to the start-up settings
+        assert process.admin.refunds_pending() is True
 
 
 def test_faults_apply_to_refunds(client: stripe.StripeClient, admin: StandinAdmin) -> None:

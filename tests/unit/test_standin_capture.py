@@ -171,6 +171,14 @@ class TestExpiry:
         assert (expired["amount_capturable"], expired["amount_received"]) == (0, 0)
         assert expired["canceled_at"] == START + 60
         assert types_after(app, intent) == ["charge.expired", "payment_intent.canceled"]
+        charge = get(app, f"/v1/charges/{intent['latest_charge']}")
+        assert (charge["captured"], charge["refunded"], charge["amount_refunded"]) == (
+            False,
+            True,
+            2500,
+        )
+        expired_event = next(e for e in app.events.all() if e["type"] == "charge.expired")
+        assert expired_event["data"]["object"]["refunded"] is True
         late = body_of(capture(app, intent["id"]), 400)["error"]
         assert late["code"] == "payment_intent_unexpected_state"
 
@@ -219,6 +227,7 @@ class TestExpiry:
         app = make_app(clock, window=10)
         intent = authorized(app)
         body_of(post(app, f"/v1/payment_intents/{intent['id']}/cancel"))
+        assert get(app, f"/v1/charges/{intent['latest_charge']}")["amount_refunded"] == 2500
         clock.now += 10
         assert app.expire_authorizations() == 0
         assert app.intents.get(intent["id"])["cancellation_reason"] is None  # type: ignore[index]
@@ -237,3 +246,14 @@ class TestExpiry:
     def test_the_sweeper_checks_its_interval(self) -> None:
         with pytest.raises(ValueError, match="positive"):
             ExpirySweeper(lambda: 0, interval=0)
+
+
+def test_flags_and_environment_set_the_window_and_the_refund_knob() -> None:
+    from stripe_standin.config import load_config  # noqa: PLC0415
+
+    config = load_config(["--authorization-window", "120"], environ={})
+    assert (config.authorization_window, config.refunds_pending) == (120.0, False)
+    config = load_config([], environ={"STANDIN_REFUNDS_PENDING": "1"})
+    assert (config.authorization_window, config.refunds_pending) == (WEEK, True)
+    with pytest.raises(SystemExit):
+        load_config(["--authorization-window", "0"], environ={})
