@@ -31,8 +31,9 @@ class StandinProcess:
     ``STANDIN_WEBHOOK_SECRET``, never on its command line); the ``webhook_*`` fault rates and
     retry settings map onto the ``--webhook-*`` flags, and everything can be changed later with
     ``admin.configure_webhooks(...)``. ``authorization_window`` (seconds) and
-    ``refunds_pending`` map onto ``--authorization-window`` and ``--refunds-pending``. The log (stderr) goes to a file,
-    readable with :meth:`log_text`, so a chatty server never blocks on a full pipe.
+    ``refunds_pending`` map onto ``--authorization-window`` and ``--refunds-pending``. The log
+    (stderr) goes to a file, readable with :meth:`log_text`, so a chatty server never blocks
+    on a full pipe.
     """
 
     def __init__(
