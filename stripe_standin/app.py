@@ -2,13 +2,15 @@
 
 Order of work for one API request:
 
-1. count it, expire the authorisations past ``capture_before``, draw a fault; ``drop`` hangs up before anything else;
+1. count it, expire the authorisations past ``capture_before``, draw a fault; ``drop``
+   hangs up before anything else;
 2. authenticate (401 like Stripe);
 3. injected ``fail_429`` answers an error (nothing stored), as does ``fail_5xx`` on anything
    but a create that claims a new idempotency key;
 4. route: create (idempotency claim, latency while the key is held, script, validation,
    then an injected 5xx or the creation, the result saved against the key); confirm,
-   cancel, capture and refund creation the same way without the script (a card decline is a result: its 402 is saved;
+   cancel, capture and refund creation the same way without the script (a card decline
+   is a result: its 402 is saved;
    ``create_then_5xx`` does the move, then answers 500); search, retrieve, events,
    charges and refunds (latency, lookup);
 5. ``lose_response``: the work is done and saved, then the connection is closed unanswered.
