@@ -1,6 +1,7 @@
 """``python -m stripe_standin``: run the stand-in until SIGTERM/SIGINT.
 
-``python -m stripe_standin pay|3ds|settle ...`` instead acts as a customer (see
+``python -m stripe_standin pay|3ds|settle|capture|refund ...`` instead acts as a customer
+(or a dashboard user) (see
 :mod:`stripe_standin.cli`); every other command line starts the server as before.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from stripe_standin.config import load_config
 from stripe_standin.server import run
 
-COMMANDS = ("pay", "3ds", "settle")
+COMMANDS = ("pay", "3ds", "settle", "capture", "refund")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

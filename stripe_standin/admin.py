@@ -35,6 +35,18 @@ POST     /_standin/payment_intents/   ``{"succeed": bool}``: the customer comple
          {id}/3ds                     3-D Secure of an intent in requires_action
 POST     /_standin/payment_intents/   ``{"succeed": bool}``: the asynchronous payment of a
          {id}/settle                  processing intent settles or fails
+POST     /_standin/payment_intents/   ``{}``: Stripe gives up the uncaptured authorisation of a
+         {id}/expire                  requires_capture intent now (canceled, reason automatic)
+GET      /_standin/authorizations     ``{"authorization_window_seconds": s}``
+POST     /_standin/authorizations     ``{"authorization_window_seconds": s}``: the window of
+                                      authorisations made from now on; answers as GET
+GET      /_standin/refunds            every refund, oldest first
+GET      /_standin/refunds/config     ``{"pending": bool}``
+POST     /_standin/refunds/config     ``{"pending": bool}``: new refunds stay pending (until
+                                      settled) or succeed at once; answers as GET
+POST     /_standin/refunds/{id}/      ``{"succeed": bool, "failure_reason"?: str}``: a pending
+         settle                       refund succeeds or fails (failure_reason one of Stripe's,
+                                      default declined); answers the refund
 POST     /_standin/reset              forget everything, restore start-up settings
 =======  ===========================  ==========================================================
 """
@@ -51,9 +63,11 @@ from stripe_standin import errors
 from stripe_standin.app import Request, Response, StandinApp, json_body
 from stripe_standin.errors import StripeError
 from stripe_standin.faults import ConfigError, parse_script_entry
+from stripe_standin.refunds import RefundStateError
 
 PREFIX = "/_standin/"
-_INTENT_ACTION = re.compile(r"^payment_intents/([^/]+)/(3ds|settle)$")
+_REFUND_SETTLE = re.compile(r"^refunds/([^/]+)/settle$")
+_INTENT_ACTION = re.compile(r"^payment_intents/([^/]+)/(3ds|settle|expire)$")
 
 
 class Admin:
@@ -77,7 +91,15 @@ class Admin:
             ("GET", "script"): self._script_status,
             ("POST", "script"): self._set_script,
             ("POST", "reset"): self._reset,
+            ("GET", "authorizations"): self._authorizations,
+            ("POST", "authorizations"): self._set_authorizations,
+            ("GET", "refunds"): self._refunds,
+            ("GET", "refunds/config"): self._refund_config,
+            ("POST", "refunds/config"): self._set_refund_config,
         }
+        settle = _REFUND_SETTLE.match(name)
+        if settle is not None:
+            return self._settle_refund_reply(settle.group(1), request)
         action = _INTENT_ACTION.match(name)
         if action is not None:
             return self._intent_action_reply(action.group(1), action.group(2), request)
@@ -192,6 +214,39 @@ class Admin:
         self.app.webhooks.update(_json_object(request))
         return self._webhooks(request)
 
+    def _refunds(self, _request: Request) -> dict[str, Any]:
+        data = self.app.refunds.all()
+        return {"object": "list", "count": len(data), "data": data}
+
+    def _refund_config(self, _request: Request) -> dict[str, Any]:
+        return {"pending": self.app.refunds.pending}
+
+    def _set_refund_config(self, request: Request) -> dict[str, Any]:
+        payload = _json_object(request)
+        if set(payload) != {"pending"} or not isinstance(payload["pending"], bool):
+            raise ConfigError('expected {"pending": true} or {"pending": false}', param="pending")
+        self.app.refunds.pending = payload["pending"]
+        return self._refund_config(request)
+
+    def _settle_refund_reply(self, refund_id: str, request: Request) -> Response:
+        if request.method != "POST":
+            return _failure(405, f"{request.method} is not allowed on {request.path}")
+        try:
+            payload = _json_object(request)
+            unknown = set(payload) - {"succeed", "failure_reason"}
+            succeed = payload.get("succeed")
+            reason = payload.get("failure_reason")
+            if unknown or not isinstance(succeed, bool):
+                raise ConfigError('expected {"succeed": bool, "failure_reason"?: "..."}')
+            if reason is not None and not isinstance(reason, str):
+                raise ConfigError("failure_reason must be a string", param="failure_reason")
+            refund = self.app.refunds.settle(refund_id, succeed=succeed, failure_reason=reason)
+        except (ConfigError, RefundStateError) as exc:
+            return _failure(400, str(exc), param=getattr(exc, "param", None))
+        except StripeError as exc:
+            return Response(exc.status, json_body(exc.body()))
+        return _ok(refund)
+
     def _intent_action_reply(self, intent_id: str, action: str, request: Request) -> Response:
         if request.method != "POST":
             return _failure(405, f"{request.method} is not allowed on {request.path}")
@@ -202,8 +257,28 @@ class Admin:
         except StripeError as exc:
             return Response(exc.status, json_body(exc.body()))
 
+    def _authorizations(self, _request: Request) -> dict[str, Any]:
+        return {"authorization_window_seconds": self.app.flow.authorization_window}
+
+    def _set_authorizations(self, request: Request) -> dict[str, Any]:
+        payload = _json_object(request)
+        name = "authorization_window_seconds"
+        if set(payload) != {name}:
+            raise ConfigError(f'expected {{"{name}": seconds}}')
+        value = payload[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{name} must be a positive number of seconds", param=name)
+        self.app.flow.authorization_window = value
+        return self._authorizations(request)
+
     def _intent_action(self, intent_id: str, action: str, request: Request) -> dict[str, Any]:
         payload = _json_object(request)
+        if action == "expire":
+            if payload:
+                raise ConfigError("expected an empty body {}")
+            intent = self.app.flow.expire(intent_id)
+            self.app.stats.event("authorizations_expired")
+            return intent
         if set(payload) != {"succeed"} or not isinstance(payload["succeed"], bool):
             raise ConfigError('expected {"succeed": true} or {"succeed": false}')
         succeed = payload["succeed"]

@@ -2,15 +2,17 @@
 
 Order of work for one API request:
 
-1. count it, draw a fault; ``drop`` hangs up before anything else;
+1. count it, expire the authorisations past ``capture_before``, draw a fault; ``drop``
+   hangs up before anything else;
 2. authenticate (401 like Stripe);
 3. injected ``fail_429`` answers an error (nothing stored), as does ``fail_5xx`` on anything
    but a create that claims a new idempotency key;
 4. route: create (idempotency claim, latency while the key is held, script, validation,
-   then an injected 5xx or the creation, the result saved against the key); confirm and
-   cancel the same way without the script (a card decline is a result: its 402 is saved;
-   ``create_then_5xx`` does the move, then answers 500); search, retrieve, events and
-   charges (latency, lookup);
+   then an injected 5xx or the creation, the result saved against the key); confirm,
+   cancel, capture and refund creation the same way without the script (a card decline
+   is a result: its 402 is saved;
+   ``create_then_5xx`` does the move, then answers 500); search, retrieve, events,
+   charges and refunds (latency, lookup);
 5. ``lose_response``: the work is done and saved, then the connection is closed unanswered.
 
 Like Stripe, a create saves its result once it began executing (after its key was claimed
@@ -40,6 +42,7 @@ from stripe_standin.faults import Fault, FaultInjector, Script
 from stripe_standin.flow import Flow
 from stripe_standin.intents import build_payment_intent, new_request_id
 from stripe_standin.params import decode_form, fingerprint, parse_pairs
+from stripe_standin.refunds import Refunds
 from stripe_standin.requestlog import RequestLog
 from stripe_standin.search import SearchQueryError, parse_metadata_query
 from stripe_standin.stats import Stats
@@ -50,17 +53,26 @@ from stripe_standin.webhooks import WebhookDeliverer
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_SEARCH_LIMIT = 100
 _RETRIEVE_PATH = re.compile(r"^/v1/payment_intents/([^/]+)$")
-_ACTION_PATH = re.compile(r"^/v1/payment_intents/([^/]+)/(confirm|cancel)$")
+_ACTION_PATH = re.compile(r"^/v1/payment_intents/([^/]+)/(confirm|cancel|capture)$")
 _EVENT_PATH = re.compile(r"^/v1/events/([^/]+)$")
 _CHARGE_PATH = re.compile(r"^/v1/charges/([^/]+)$")
+_REFUND_PATH = re.compile(r"^/v1/refunds/([^/]+)$")
 _FIXED_ROUTES = {
     ("POST", "/v1/payment_intents"): stats.CREATE,
+    ("POST", "/v1/refunds"): stats.REFUND_CREATE,
+    ("GET", "/v1/refunds"): stats.REFUND_LIST,
     ("GET", "/v1/payment_intents/search"): stats.SEARCH,
     ("GET", "/v1/events"): stats.EVENTS,
 }
-_ACTIONS = {"confirm": stats.CONFIRM, "cancel": stats.CANCEL}
+_ACTIONS = {"confirm": stats.CONFIRM, "cancel": stats.CANCEL, "capture": stats.CAPTURE}
+_VERBS = {
+    stats.CONFIRM: "confirmed",
+    stats.CANCEL: "canceled",
+    stats.CAPTURE: "captured",
+    stats.REFUND_CREATE: "refunded",
+}
 #: Routes whose POST executes once its idempotency key is claimed (results saved).
-_IDEMPOTENT = (stats.CREATE, stats.CONFIRM, stats.CANCEL)
+_IDEMPOTENT = (stats.CREATE, stats.CONFIRM, stats.CANCEL, stats.CAPTURE, stats.REFUND_CREATE)
 _SERVER_ERRORS = (Fault.FAIL_5XX, Fault.CREATE_THEN_5XX)
 
 
@@ -121,7 +133,11 @@ def classify(method: str, path: str) -> tuple[str, str | None]:
     match = _ACTION_PATH.match(path)
     if match and method == "POST":
         return _ACTIONS[match.group(2)], match.group(1)
-    for pattern, route in ((_EVENT_PATH, stats.EVENT), (_CHARGE_PATH, stats.CHARGE)):
+    for pattern, route in (
+        (_EVENT_PATH, stats.EVENT),
+        (_CHARGE_PATH, stats.CHARGE),
+        (_REFUND_PATH, stats.REFUND),
+    ):
         match = pattern.match(path)
         if match and method == "GET":
             return route, match.group(1)
@@ -164,7 +180,13 @@ class StandinApp:
         self._sleep = sleep
         self._clock = clock
         self.events = EventStore()
-        self.flow = Flow(self.intents, self.events, clock)
+        self.flow = Flow(
+            self.intents,
+            self.events,
+            clock,
+            authorization_window=config.authorization_window,
+        )
+        self.refunds = Refunds(self.flow, self.events, clock, pending=config.refunds_pending)
         self.webhooks = WebhookDeliverer(
             config.webhooks,
             config.webhook_secret,
@@ -183,7 +205,17 @@ class StandinApp:
         self.faults.reset(self.config.faults, self.config.seed)
         self.events.clear()
         self.flow.clear()
+        self.flow.authorization_window = self.config.authorization_window
+        self.refunds.clear()
+        self.refunds.pending = self.config.refunds_pending
         self.webhooks.reset(self.config.webhooks, self.config.webhook_secret, self.config.seed)
+
+    def expire_authorizations(self) -> int:
+        """Cancel the authorisations whose ``capture_before`` passed; how many."""
+        expired = self.flow.expire_due()
+        for _ in expired:
+            self.stats.event("authorizations_expired")
+        return len(expired)
 
     # --- API entry point --------------------------------------------------------------------
 
@@ -208,6 +240,7 @@ class StandinApp:
     def _handle_api(self, request: Request) -> Reply:
         route, intent_id = classify(request.method, request.path)
         self.stats.request(route)
+        self.expire_authorizations()  # lazily, besides the sweeper: no stale requires_capture
         fault = self.faults.decide()
         if fault is Fault.DROP:
             self.stats.fault(Fault.DROP.value)
@@ -239,7 +272,6 @@ class StandinApp:
         if route in _IDEMPOTENT:
             execute = self._execute_create
             if route != stats.CREATE:
-                assert intent_id is not None
                 execute = functools.partial(
                     self._execute_action, route, intent_id, _base_url(request)
                 )
@@ -276,13 +308,16 @@ class StandinApp:
             return self._search(request.query, request_id, headers)
         if route == stats.EVENTS:
             return self._list_events(request.query, request_id, headers)
-        if object_id is not None:
-            if route == stats.RETRIEVE:
-                return self._retrieve(object_id, request_id, headers)
-            if route == stats.EVENT:
-                return self._retrieve_event(object_id, request_id, headers)
-            if route == stats.CHARGE:
-                return self._retrieve_charge(object_id, request_id, headers)
+        if route == stats.REFUND_LIST:
+            return self._list_refunds(request.query, request_id, headers)
+        retrieve = {
+            stats.RETRIEVE: self._retrieve,
+            stats.EVENT: self._retrieve_event,
+            stats.CHARGE: self._retrieve_charge,
+            stats.REFUND: self._retrieve_refund,
+        }.get(route)
+        if object_id is not None and retrieve is not None:
+            return retrieve(object_id, request_id, headers)
         error = errors.unrecognized_url(request.method, request.path)
         return self._error(error, request_id, headers)
 
@@ -389,7 +424,7 @@ class StandinApp:
     def _execute_action(
         self,
         route: str,
-        intent_id: str,
+        intent_id: str | None,
         base_url: str,
         body: str,
         *,
@@ -400,9 +435,10 @@ class StandinApp:
         latency: float,
         fault: Fault | None = None,
     ) -> Reply:
-        """Confirm or cancel. Like a create, the result is saved against the key once the
-        request began executing: a 200, a card decline (402, the intent changed) or a 5xx;
-        a refused request (bad parameters, wrong state) saves nothing."""
+        """Confirm, cancel, capture or create a refund. Like a create, the result is saved
+        against the key once the request began executing: a 200, a card decline (402, the
+        intent changed) or a 5xx; a refused request (bad parameters, wrong state) saves
+        nothing."""
         self._sleep(latency)  # while the key is held: concurrent duplicates get 409
         where = _Saving(key, scope, request_id, headers)
         try:
@@ -413,10 +449,18 @@ class StandinApp:
             self.stats.fault(fault.value)
             return self._server_error(errors.api_error(), where, note="fault=fail_5xx")
         origin = Origin(request_id, key)
-        verb = "confirmed" if route == stats.CONFIRM else "canceled"
+        verb = _VERBS[route]
         try:
+            if route == stats.REFUND_CREATE:
+                refund = self.refunds.create(form, origin)
+                self.stats.event("refunds_created")
+                note = f"refund {refund['id']}: {refund['status']}"
+                return self._answer_action(refund, note, where, fault)
+            assert intent_id is not None
             if route == stats.CONFIRM:
                 intent = self.flow.confirm(intent_id, form, origin, base_url=base_url)
+            elif route == stats.CAPTURE:
+                intent = self.flow.capture(intent_id, form, origin)
             else:
                 intent = self.flow.cancel(intent_id, form, origin)
         except StripeError as error:
@@ -427,11 +471,16 @@ class StandinApp:
             self._save(where, response)
             return response
         self.stats.event(f"payment_intents_{verb}")
-        note = f"{verb} {intent_id}: {intent['status']}"
+        return self._answer_action(intent, f"{verb} {intent_id}: {intent['status']}", where, fault)
+
+    def _answer_action(
+        self, result: dict[str, Any], note: str, where: _Saving, fault: Fault | None
+    ) -> Response:
+        """The 200 of an action that was done (or the 500 after it), saved against its key."""
         if fault is Fault.CREATE_THEN_5XX:
             self.stats.fault(fault.value)
             return self._server_error(errors.api_error(), where, note=f"{note}, then 500")
-        response = self._json(200, intent, headers, note=note)
+        response = self._json(200, result, where.headers, note=note)
         self._save(where, response)
         return response
 
@@ -455,6 +504,24 @@ class StandinApp:
             error = errors.resource_missing("event", event_id, "id")
             return self._error(error, request_id, headers)
         return self._json(200, event, headers)
+
+    def _list_refunds(self, query: str, request_id: str, headers: dict[str, str]) -> Response:
+        """``GET /v1/refunds``."""
+        try:
+            data = self.refunds.list(decode_form(query))
+        except StripeError as error:
+            return self._error(error, request_id, headers)
+        return self._json(200, data, headers)
+
+    def _retrieve_refund(
+        self, refund_id: str, request_id: str, headers: dict[str, str]
+    ) -> Response:
+        """``GET /v1/refunds/{id}``."""
+        refund = self.refunds.get(refund_id)
+        if refund is None:
+            error = errors.resource_missing("refund", refund_id, "id")
+            return self._error(error, request_id, headers)
+        return self._json(200, refund, headers)
 
     def _retrieve_charge(
         self, charge_id: str, request_id: str, headers: dict[str, str]

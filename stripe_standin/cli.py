@@ -1,11 +1,15 @@
-"""Paying as a customer would: ``pay``, ``3ds`` and ``settle`` subcommands.
+"""Paying as a customer would: ``pay``, ``3ds`` and ``settle``; and as a dashboard user:
+``capture`` and ``refund``.
 
 ``python -m stripe_standin pay <payment_id|pi_...> [--card pm_card_visa] [--api-base URL]``
 confirms the intent with the official stripe SDK (API key from ``STRIPE_API_KEY``; a
 payment id is looked up by search on ``metadata['payment_id']``). ``3ds`` completes or fails
 3-D Secure of an intent in ``requires_action``, ``settle`` settles or fails the asynchronous
 (ACH) payment of a ``processing`` intent; both use the stand-in's control endpoints, so they
-need no API key. Each prints one line: the intent id and its status, then details.
+need no API key. ``capture <payment_id|pi_...> [--amount N]`` captures a requires_capture
+intent (all of it, or N minor units) and ``refund <payment_id|pi_...> [--amount N] [--reason
+R]`` refunds its charge (all that is left, or N), both with the SDK and ``STRIPE_API_KEY``.
+Each prints one line: the intent (or refund) id and its status, then details.
 
 Exit status: 0 when the call was answered (for ``pay``: the intent's status is the answer),
 1 when the card was declined (the intent is back in requires_payment_method), 2 for anything
@@ -54,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     pay.add_argument("--card", default="pm_card_visa", help="test PaymentMethod token")
     pay.add_argument("--api-base", default=None, help=base_help)
 
+    capture = commands.add_parser(
+        "capture", help=f"capture a requires_capture PaymentIntent (API key from ${API_KEY_ENV})"
+    )
+    capture.add_argument("target", help="payment id (metadata payment_id) or pi_... id")
+    capture.add_argument("--amount", type=_positive, default=None, help="minor units to capture")
+    capture.add_argument("--api-base", default=None, help=base_help)
+
+    refund = commands.add_parser(
+        "refund", help=f"refund a succeeded PaymentIntent (API key from ${API_KEY_ENV})"
+    )
+    refund.add_argument("target", help="payment id (metadata payment_id) or pi_... id")
+    refund.add_argument("--amount", type=_positive, default=None, help="minor units to refund")
+    refund.add_argument(
+        "--reason", choices=("duplicate", "fraudulent", "requested_by_customer"), default=None
+    )
+    refund.add_argument("--api-base", default=None, help=base_help)
+
     for name, what in (
         ("3ds", "complete (--succeed) or fail (--fail) 3-D Secure of a requires_action intent"),
         ("settle", "settle (--succeed) or fail (--fail) the ACH payment of a processing intent"),
@@ -81,6 +102,8 @@ def main(
     try:
         if args.command == "pay":
             status, line = _pay(args.target, args.card, api_base, environ.get(API_KEY_ENV))
+        elif args.command in ("capture", "refund"):
+            status, line = _dashboard(args, api_base, environ.get(API_KEY_ENV))
         else:
             status, line = _control(args.command, args.target, api_base, succeed=args.succeed)
     except CommandError as exc:
@@ -105,6 +128,39 @@ def _pay(target: str, card: str, api_base: str, api_key: str | None) -> tuple[in
     except stripe.StripeError as exc:
         raise CommandError(_stripe_problem(exc)) from None
     return 0, describe(intent.to_dict())
+
+
+def _dashboard(args: argparse.Namespace, api_base: str, api_key: str | None) -> tuple[int, str]:
+    if not api_key:
+        raise CommandError(f"set {API_KEY_ENV} to the API key")
+    client = stripe.StripeClient(api_key, base_addresses={"api": api_base}, max_network_retries=2)
+    target = str(args.target)
+    try:
+        intent_id = target if target.startswith("pi_") else _search(client, target)
+        key = f"stripe-standin-{args.command}:{intent_id}:{uuid.uuid4()}"
+        if args.command == "capture":
+            params: Any = {} if args.amount is None else {"amount_to_capture": args.amount}
+            intent = client.v1.payment_intents.capture(intent_id, params, {"idempotency_key": key})
+            return 0, describe(intent.to_dict())
+        wanted: Any = {"payment_intent": intent_id}
+        if args.amount is not None:
+            wanted["amount"] = args.amount
+        if args.reason is not None:
+            wanted["reason"] = args.reason
+        refund = client.v1.refunds.create(wanted, {"idempotency_key": key})
+    except stripe.StripeError as exc:
+        raise CommandError(_stripe_problem(exc)) from None
+    return 0, (
+        f"{refund.id} {refund.status} amount={refund.amount} {refund.currency} "
+        f"payment_intent={refund.payment_intent}"
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def _search(client: stripe.StripeClient, payment_id: str) -> str:

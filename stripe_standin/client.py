@@ -120,6 +120,44 @@ class StandinAdmin:
         name = f"payment_intents/{urllib.parse.quote(intent_id)}/settle"
         return self._call("POST", name, {"succeed": succeed})
 
+    def expire_authorization(self, intent_id: str) -> dict[str, Any]:
+        """Stripe gives up the uncaptured authorisation of a requires_capture intent now:
+        canceled with cancellation_reason automatic; the intent after."""
+        name = f"payment_intents/{urllib.parse.quote(intent_id)}/expire"
+        return self._call("POST", name, {})
+
+    def authorization_window(self) -> float:
+        """Seconds a new uncaptured authorisation stays capturable."""
+        return float(self._call("GET", "authorizations")["authorization_window_seconds"])
+
+    def set_authorization_window(self, seconds: float) -> float:
+        """Change the window of authorisations made from now on; answers the new one."""
+        payload = {"authorization_window_seconds": seconds}
+        return float(self._call("POST", "authorizations", payload)["authorization_window_seconds"])
+
+    def refunds(self) -> list[dict[str, Any]]:
+        """Every refund, oldest first."""
+        data: list[dict[str, Any]] = self._call("GET", "refunds")["data"]
+        return data
+
+    def refunds_pending(self) -> bool:
+        """Whether new refunds stay pending until settled."""
+        return bool(self._call("GET", "refunds/config")["pending"])
+
+    def set_refunds_pending(self, pending: bool) -> bool:
+        """New refunds stay pending (True) or succeed at once (False); answers the setting."""
+        return bool(self._call("POST", "refunds/config", {"pending": pending})["pending"])
+
+    def settle_refund(
+        self, refund_id: str, *, succeed: bool, failure_reason: str | None = None
+    ) -> dict[str, Any]:
+        """A pending refund succeeds, or fails with Stripe's ``failure_reason`` (default
+        declined); the refund after."""
+        payload: dict[str, Any] = {"succeed": succeed}
+        if failure_reason is not None:
+            payload["failure_reason"] = failure_reason
+        return self._call("POST", f"refunds/{urllib.parse.quote(refund_id)}/settle", payload)
+
     def reset(self) -> None:
         """Forget intents, keys, counters, script; restore the start-up settings."""
         self._call("POST", "reset", {})

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stripe_standin.faults import ConfigError, FaultSettings
+from stripe_standin.flow import DEFAULT_AUTHORIZATION_WINDOW
 from stripe_standin.webhooks import WebhookSettings
 
 DEFAULT_HOST = "127.0.0.1"
@@ -52,6 +53,8 @@ class StandinConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     webhook_secret: str | None = field(default=None, repr=False)
+    authorization_window: float = DEFAULT_AUTHORIZATION_WINDOW
+    refunds_pending: bool = False
 
     def __post_init__(self) -> None:
         if self.webhooks.url is not None and not self.webhook_secret:
@@ -66,6 +69,10 @@ class StandinConfig:
                 f"refusing to bind {self.host!r}, not a loopback address: the admin endpoints "
                 "(/_standin/) have no authentication; pass --allow-remote "
                 f"(or {ENV_PREFIX}ALLOW_REMOTE=1) to bind it anyway"
+            )
+        if not self.authorization_window > 0:
+            raise ConfigError(
+                f"authorization_window must be positive, got {self.authorization_window}"
             )
         if not self.idle_timeout > 0:
             raise ConfigError(f"idle_timeout must be positive, got {self.idle_timeout}")
@@ -222,6 +229,20 @@ _OPTIONS = (
         "each delivery waits a random 0..N seconds first, so events arrive out of order",
     ),
     (
+        "--authorization-window",
+        "authorization_window",
+        _seconds,
+        "seconds an uncaptured card authorisation (capture_method=manual) stays capturable "
+        "before Stripe cancels it (default 7 days)",
+    ),
+    (
+        "--refunds-pending",
+        "refunds_pending",
+        _flag,
+        "new refunds stay pending until settled through the control API (default false: "
+        "they succeed at once)",
+    ),
+    (
         "--idle-timeout",
         "idle_timeout",
         _seconds,
@@ -242,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m stripe_standin",
         description="Local stand-in for the Stripe PaymentIntents API, with fault injection. "
         "Every option can also be set with STANDIN_<OPTION> (e.g. STANDIN_PORT). "
-        "To act as the customer instead: python -m stripe_standin pay|3ds|settle --help.",
+        "To act as the customer or a dashboard user instead: python -m stripe_standin "
+        "pay|3ds|settle|capture|refund --help.",
     )
     for flag, dest, kind, help_text in _OPTIONS:
         if kind is _flag:
@@ -296,6 +318,8 @@ def load_config(
             quiet=bool(args.quiet),
             allow_remote=bool(args.allow_remote),
             idle_timeout=args.idle_timeout or DEFAULT_IDLE_TIMEOUT,
+            authorization_window=args.authorization_window or DEFAULT_AUTHORIZATION_WINDOW,
+            refunds_pending=bool(args.refunds_pending),
         )
     except ConfigError as exc:
         parser.error(str(exc))

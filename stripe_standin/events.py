@@ -3,9 +3,9 @@
 An event is ``{id: evt_..., object: "event", api_version, created, data: {object}, livemode,
 pending_webhooks, request: {id, idempotency_key}, type}``; ``data.object`` is a snapshot of
 the object at that moment. Stripe sends ``data.previous_attributes`` only on ``*.updated``
-events, which the stand-in does not make, so it never appears. ``pending_webhooks`` counts
-the endpoints that have not yet acknowledged the event (0 or 1 here) and drops when the
-delivery succeeds.
+events: the stand-in's one is refund.updated, with the status the refund had before.
+``pending_webhooks`` counts the endpoints that have not yet acknowledged the event (0 or 1
+here) and drops when the delivery succeeds.
 
 ``GET /v1/events`` follows Stripe's list: newest first, ``limit`` (1-100, default 10),
 ``starting_after`` / ``ending_before`` cursors, ``created`` (a timestamp or ``created[gt|gte|
@@ -70,9 +70,16 @@ class EventStore:
         self._listeners.append(listener)
 
     def record(
-        self, event_type: str, obj: dict[str, Any], origin: Origin, *, created: int
+        self,
+        event_type: str,
+        obj: dict[str, Any],
+        origin: Origin,
+        *,
+        created: int,
+        previous: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Make, store and announce one event; returns a copy of it."""
+        """Make, store and announce one event (``previous``: the changed fields' old values,
+        for an ``*.updated`` event); returns a copy of it."""
         event: dict[str, Any] = {
             "id": new_event_id(),
             "object": "event",
@@ -84,6 +91,8 @@ class EventStore:
             "request": {"id": origin.request_id, "idempotency_key": origin.idempotency_key},
             "type": event_type,
         }
+        if previous is not None:
+            event["data"]["previous_attributes"] = copy.deepcopy(previous)
         with self._lock:
             self._events[event["id"]] = event
             while len(self._events) > self._max:

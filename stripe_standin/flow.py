@@ -25,7 +25,24 @@ requires_payment_method,   cancel                                  canceled
 requires_confirmation,                                             (payment_intent.canceled)
 requires_action,
 requires_capture
+requires_capture           capture, all or ``amount_to_capture``   succeeded (charge.captured,
+                                                                   payment_intent.succeeded)
+requires_capture           ``capture_before`` passed, or control:  canceled, reason automatic
+                           expire now                              (charge.expired,
+                                                                   payment_intent.canceled)
 =========================  ======================================  ==========================
+
+A manual-capture card confirmation authorises: the intent waits in ``requires_capture`` with
+``amount_capturable = amount`` and ``amount_received = 0``, its charge ``captured: false``
+with ``payment_method_details.card.capture_before`` = authorisation time + the authorisation
+window (7 days, like Stripe; a change of the window applies to later authorisations, as a
+``capture_before`` once given never moves). A partial capture releases the rest of the
+authorisation: ``amount_received`` and the charge's ``amount_captured`` are what was
+captured, ``amount_refunded`` stays 0. An authorisation canceled or expired before capture
+is released in full: Stripe marks its charge ``refunded`` (``amount_refunded = amount``;
+the stand-in makes no Refund object for it). Expiry is checked lazily before every API request
+and by :class:`stripe_standin.expiry.ExpirySweeper` in the server, so the events go out
+even when nobody asks.
 
 Anything else answers Stripe's ``payment_intent_unexpected_state`` (400). Stripe lets some
 ``processing`` intents be canceled "in rare cases"; an ACH debit in flight is not one of them,
@@ -75,6 +92,10 @@ CONFIRM_PARAMS = frozenset(
     }
 )
 CANCEL_PARAMS = frozenset({"cancellation_reason", "expand"})
+CAPTURE_PARAMS = frozenset({"amount_to_capture", "expand", "metadata"})
+CAPTURABLE = ("requires_capture",)
+#: Stripe cancels an uncaptured card authorisation 7 days after it was made.
+DEFAULT_AUTHORIZATION_WINDOW = 7 * 24 * 60 * 60
 
 
 def unexpected_state(action: str, intent: dict[str, Any], allowed: tuple[str, ...]) -> StripeError:
@@ -82,6 +103,12 @@ def unexpected_state(action: str, intent: dict[str, Any], allowed: tuple[str, ..
     message = (
         f"You cannot {action} this PaymentIntent because it has a status of {intent['status']}."
     )
+    if action == "capture":
+        message = (
+            "This PaymentIntent could not be captured because it has a status of "
+            f"{intent['status']}. Only a PaymentIntent with one of the following statuses may "
+            "be captured: " + ", ".join(allowed) + "."
+        )
     if action == "cancel":
         message += (
             " Only a PaymentIntent with one of the following statuses may be canceled: "
@@ -105,11 +132,16 @@ class Flow:
         intents: IntentStore,
         events: EventStore,
         clock: Callable[[], float] = time.time,
+        *,
+        authorization_window: float = DEFAULT_AUTHORIZATION_WINDOW,
     ) -> None:
         self.intents = intents
         self.events = events
         self._clock = clock
         self._lock = threading.Lock()
+        self._window = _check_window(authorization_window)
+        # Uncaptured authorisations: intent id -> capture_before (unix time).
+        self._authorizations: dict[str, int] = {}
         # PaymentMethods made from test tokens (pm_...) and charges (ch_/py_...), by id.
         self._methods: dict[str, tuple[TestMethod, dict[str, Any]]] = {}
         self._charges: dict[str, dict[str, Any]] = {}
@@ -119,12 +151,36 @@ class Flow:
         with self._lock:
             self._methods.clear()
             self._charges.clear()
+            self._authorizations.clear()
+
+    @property
+    def authorization_window(self) -> float:
+        """Seconds an authorisation made now stays capturable."""
+        with self._lock:
+            return self._window
+
+    @authorization_window.setter
+    def authorization_window(self, seconds: float) -> None:
+        """Applies to authorisations made from now on: like Stripe's ``capture_before``, a
+        deadline already given does not move."""
+        checked = _check_window(seconds)
+        with self._lock:
+            self._window = checked
 
     def charge(self, charge_id: str) -> dict[str, Any] | None:
         """A charge made by a confirmation, or ``None``."""
         with self._lock:
             found = self._charges.get(charge_id)
             return copy.deepcopy(found) if found is not None else None
+
+    def set_amount_refunded(self, charge_id: str, amount: int) -> dict[str, Any]:
+        """The charge's succeeded refunds add up to ``amount``: ``refunded`` once that is all
+        that was captured. A copy of the charge after."""
+        with self._lock:
+            charge = self._charges[charge_id]
+            charge["amount_refunded"] = amount
+            charge["refunded"] = amount >= int(charge["amount_captured"])
+            return copy.deepcopy(charge)
 
     # --- API calls -----------------------------------------------------------------------------
 
@@ -197,6 +253,8 @@ class Flow:
         def change(intent: dict[str, Any]) -> None:
             if intent["status"] not in CANCELABLE:
                 raise unexpected_state("cancel", intent, CANCELABLE)
+            if intent["status"] == "requires_capture":
+                self._release(intent["latest_charge"])
             intent.update(
                 status="canceled",
                 canceled_at=int(self._clock()),
@@ -204,10 +262,108 @@ class Flow:
                 next_action=None,
                 amount_capturable=0,
             )
+            with self._lock:
+                self._authorizations.pop(intent["id"], None)
             self._emit("payment_intent.canceled", intent, origin)
 
         intent, _ = self._transition(intent_id, change)
         return intent
+
+    def capture(self, intent_id: str, form: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        """``POST /v1/payment_intents/{id}/capture``: all of ``amount_capturable`` or
+        ``amount_to_capture`` of it; the rest of the authorisation is released (not refunded)."""
+        for name in form:
+            if name not in CAPTURE_PARAMS:
+                raise errors.unknown_param(name)
+        raw = form.get("amount_to_capture")
+        wanted: int | None = None
+        if raw is not None:
+            if not isinstance(raw, str) or not raw.isdigit():
+                raise errors.invalid_request(f"Invalid integer: {raw}", param="amount_to_capture")
+            wanted = int(raw)
+        metadata = form.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise errors.invalid_request("Invalid object", param="metadata")
+        self.expire_due()
+
+        def change(intent: dict[str, Any]) -> None:
+            if intent["status"] not in CAPTURABLE:
+                raise unexpected_state("capture", intent, CAPTURABLE)
+            capturable = int(intent["amount_capturable"])
+            amount = capturable if wanted is None else wanted
+            if amount > capturable:
+                raise errors.invalid_request(
+                    f"The amount_to_capture ({amount}) must be less than or equal to the "
+                    f"PaymentIntent's amount_capturable ({capturable}).",
+                    param="amount_to_capture",
+                    code="amount_too_large",
+                )
+            if amount < 1:
+                raise errors.invalid_request(
+                    "Amount to capture must be at least 1.",
+                    param="amount_to_capture",
+                    code="amount_too_small",
+                )
+            if metadata:
+                _merge_metadata(intent["metadata"], metadata)
+            charge_id = intent["latest_charge"]
+            self._update_charge(charge_id, captured=True, amount_captured=amount)
+            with self._lock:
+                self._authorizations.pop(intent["id"], None)
+            self._emit_charge("charge.captured", charge_id, origin)
+            intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
+            self._emit("payment_intent.succeeded", intent, origin)
+
+        intent, _ = self._transition(intent_id, change)
+        return intent
+
+    # --- authorisation expiry ------------------------------------------------------------------
+
+    def expire(self, intent_id: str) -> dict[str, Any]:
+        """Stripe gives up an uncaptured authorisation: the intent is canceled with
+        ``cancellation_reason: automatic`` (charge.expired, payment_intent.canceled)."""
+
+        def change(intent: dict[str, Any]) -> None:
+            if intent["status"] not in CAPTURABLE:
+                raise unexpected_state("expire", intent, CAPTURABLE)
+            self._expire(intent)
+
+        intent, _ = self._transition(intent_id, change)
+        return intent
+
+    def expire_due(self) -> list[str]:
+        """Expire every authorisation whose ``capture_before`` has passed; their ids."""
+        now = int(self._clock())
+        with self._lock:
+            due = [i for i, deadline in self._authorizations.items() if deadline <= now]
+        expired = []
+        for intent_id in due:
+
+            def change(intent: dict[str, Any]) -> bool:
+                if intent["status"] not in CAPTURABLE:  # captured or canceled meanwhile
+                    return False
+                self._expire(intent)
+                return True
+
+            result = self.intents.transition(intent_id, change)
+            if result is not None and result[1]:
+                expired.append(intent_id)
+            with self._lock:
+                self._authorizations.pop(intent_id, None)
+        return expired
+
+    def _expire(self, intent: dict[str, Any]) -> None:
+        with self._lock:
+            self._authorizations.pop(intent["id"], None)
+        self._release(intent["latest_charge"])
+        self._emit_charge("charge.expired", intent["latest_charge"], AUTOMATIC)
+        intent.update(
+            status="canceled",
+            canceled_at=int(self._clock()),
+            cancellation_reason="automatic",
+            amount_capturable=0,
+        )
+        self._emit("payment_intent.canceled", intent, AUTOMATIC)
 
     # --- control calls (the customer's bank, the 3-D Secure page) ------------------------------
 
@@ -322,6 +478,7 @@ class Flow:
             intent["latest_charge"] = charge_id
             self._emit_charge("charge.succeeded", charge_id, origin)
             if manual:
+                self._authorize(intent, charge_id)
                 intent.update(status="requires_capture", amount_capturable=intent["amount"])
                 self._emit("payment_intent.amount_capturable_updated", intent, origin)
             else:
@@ -346,6 +503,21 @@ class Flow:
             code=decline.code,
             extra={**extra, "payment_intent": intent},
         )
+
+    def _release(self, charge_id: str) -> None:
+        """An uncaptured authorisation given up (canceled or expired): Stripe marks its
+        charge refunded, in full (no Refund object is made here)."""
+        with self._lock:
+            charge = self._charges[charge_id]
+            charge.update(refunded=True, amount_refunded=charge["amount"])
+
+    def _authorize(self, intent: dict[str, Any], charge_id: str) -> None:
+        """An uncaptured card authorisation: capturable until ``capture_before``."""
+        with self._lock:
+            deadline = int(self._clock() + self._window)
+            self._authorizations[intent["id"]] = deadline
+            details = self._charges[charge_id]["payment_method_details"]
+            details["card"] = {**details.get("card", {}), "capture_before": deadline}
 
     def _succeeded(self, intent: dict[str, Any], origin: Origin) -> None:
         intent.update(status="succeeded", amount_received=intent["amount"], amount_capturable=0)
@@ -533,6 +705,21 @@ class Flow:
         charge = self.charge(charge_id)
         assert charge is not None
         self.events.record(event_type, charge, origin, created=int(self._clock()))
+
+
+def _check_window(seconds: float) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValueError(f"the authorization window must be a positive number, got {seconds!r}")
+    return float(seconds)
+
+
+def _merge_metadata(target: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Stripe's metadata update: an empty value unsets a key."""
+    for key, value in changes.items():
+        if value == "":
+            target.pop(key, None)
+        else:
+            target[key] = str(value)
 
 
 def _outcome(status: str, decline: Decline | None) -> dict[str, Any] | None:

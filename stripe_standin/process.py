@@ -30,8 +30,10 @@ class StandinProcess:
     make it deliver signed events to an endpoint (the secret goes to the child as
     ``STANDIN_WEBHOOK_SECRET``, never on its command line); the ``webhook_*`` fault rates and
     retry settings map onto the ``--webhook-*`` flags, and everything can be changed later with
-    ``admin.configure_webhooks(...)``. The log (stderr) goes to a file,
-    readable with :meth:`log_text`, so a chatty server never blocks on a full pipe.
+    ``admin.configure_webhooks(...)``. ``authorization_window`` (seconds) and
+    ``refunds_pending`` map onto ``--authorization-window`` and ``--refunds-pending``. The log
+    (stderr) goes to a file, readable with :meth:`log_text`, so a chatty server never blocks
+    on a full pipe.
     """
 
     def __init__(
@@ -55,6 +57,8 @@ class StandinProcess:
         webhook_bad_signature: float = 0.0,
         webhook_reorder_max: float = 0.0,
         webhook_enabled: bool = True,
+        authorization_window: float | None = None,
+        refunds_pending: bool = False,
         seed: int | None = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -112,9 +116,12 @@ class StandinProcess:
             ("--webhook-retry-base", webhook_retry_base),
             ("--webhook-max-attempts", webhook_max_attempts),
             ("--webhook-timeout", webhook_timeout),
+            ("--authorization-window", authorization_window),
         ):
             if value is not None:
                 self._args += [flag, str(value)]
+        if refunds_pending:
+            self._args += ["--refunds-pending", "true"]
         if seed is not None:
             self._args += ["--seed", str(seed)]
         if quiet:

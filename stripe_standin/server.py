@@ -19,6 +19,7 @@ from stripe_standin import errors
 from stripe_standin.admin import PREFIX, Admin
 from stripe_standin.app import Hangup, Reply, Request, Response, StandinApp, json_body
 from stripe_standin.config import StandinConfig
+from stripe_standin.expiry import ExpirySweeper
 
 MAX_BODY_BYTES = 1024 * 1024
 _SECRETS = re.compile(r"(_secret_)\w+|(sk|rk)_(test|live)_\w+")
@@ -234,12 +235,19 @@ def run(config: StandinConfig, log: TextIO = sys.stderr) -> int:
         f"duplicate={hooks.duplicate}, drop={hooks.drop}, bad_signature={hooks.bad_signature}, "
         f"reorder_max={hooks.reorder_max_seconds:g}s)"
     )
+    server.write_log(
+        f"authorization window {config.authorization_window:g}s; "
+        f"refunds {'stay pending' if config.refunds_pending else 'succeed at once'}"
+    )
     app.webhooks.start()
+    sweeper = ExpirySweeper(app.expire_authorizations)
+    sweeper.start()
     if config.port_file is not None:
         write_port_file(config.port_file, server.port)
     try:
         server.serve_forever(poll_interval=0.1)
     finally:
+        sweeper.stop()
         app.webhooks.stop()
         server.server_close()
     server.write_log("stopped")

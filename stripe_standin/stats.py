@@ -12,11 +12,29 @@ RETRIEVE = "GET /v1/payment_intents/:id"
 SEARCH = "GET /v1/payment_intents/search"
 CONFIRM = "POST /v1/payment_intents/:id/confirm"
 CANCEL = "POST /v1/payment_intents/:id/cancel"
+CAPTURE = "POST /v1/payment_intents/:id/capture"
+REFUND_CREATE = "POST /v1/refunds"
+REFUND_LIST = "GET /v1/refunds"
+REFUND = "GET /v1/refunds/:id"
 EVENTS = "GET /v1/events"
 EVENT = "GET /v1/events/:id"
 CHARGE = "GET /v1/charges/:id"
 OTHER = "other"
-ROUTES = (CREATE, RETRIEVE, SEARCH, CONFIRM, CANCEL, EVENTS, EVENT, CHARGE, OTHER)
+ROUTES = (
+    CREATE,
+    RETRIEVE,
+    SEARCH,
+    CONFIRM,
+    CANCEL,
+    CAPTURE,
+    REFUND_CREATE,
+    REFUND_LIST,
+    REFUND,
+    EVENTS,
+    EVENT,
+    CHARGE,
+    OTHER,
+)
 
 #: Outcome recorded when the connection was closed without an answer.
 NO_RESPONSE = "no_response"
@@ -71,6 +89,9 @@ class Stats:
                 "searches": self._events["searches"],
                 "payment_intents_confirmed": self._events["payment_intents_confirmed"],
                 "payment_intents_canceled": self._events["payment_intents_canceled"],
+                "payment_intents_captured": self._events["payment_intents_captured"],
+                "authorizations_expired": self._events["authorizations_expired"],
+                "refunds_created": self._events["refunds_created"],
                 "faults": {
                     name: self._faults[name]
                     for name in (
