@@ -499,11 +499,7 @@ class StandinApp:
 
     def _retrieve_event(self, event_id: str, request_id: str, headers: dict[str, str]) -> Response:
         """``GET /v1/events/{id}``."""
-        event = self.events.get(event_id)
-        if event is None:
-            error = errors.resource_missing("event", event_id, "id")
-            return self._error(error, request_id, headers)
-        return self._json(200, event, headers)
+        return self._found("event", event_id, self.events.get(event_id), request_id, headers)
 
     def _list_refunds(self, query: str, request_id: str, headers: dict[str, str]) -> Response:
         """``GET /v1/refunds``."""
@@ -517,21 +513,26 @@ class StandinApp:
         self, refund_id: str, request_id: str, headers: dict[str, str]
     ) -> Response:
         """``GET /v1/refunds/{id}``."""
-        refund = self.refunds.get(refund_id)
-        if refund is None:
-            error = errors.resource_missing("refund", refund_id, "id")
-            return self._error(error, request_id, headers)
-        return self._json(200, refund, headers)
+        return self._found("refund", refund_id, self.refunds.get(refund_id), request_id, headers)
 
     def _retrieve_charge(
         self, charge_id: str, request_id: str, headers: dict[str, str]
     ) -> Response:
         """``GET /v1/charges/{id}`` for the charges confirmations made."""
-        charge = self.flow.charge(charge_id)
-        if charge is None:
-            error = errors.resource_missing("charge", charge_id, "id")
-            return self._error(error, request_id, headers)
-        return self._json(200, charge, headers)
+        return self._found("charge", charge_id, self.flow.charge(charge_id), request_id, headers)
+
+    def _found(
+        self,
+        kind: str,
+        object_id: str,
+        found: dict[str, Any] | None,
+        request_id: str,
+        headers: dict[str, str],
+    ) -> Response:
+        """A retrieve's answer: the object, or Stripe's resource_missing for `kind`."""
+        if found is None:
+            return self._error(errors.resource_missing(kind, object_id, "id"), request_id, headers)
+        return self._json(200, found, headers)
 
     def _idempotency_answer(
         self,
