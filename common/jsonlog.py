@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import io
 import logging
 import os
 import re
@@ -48,6 +50,8 @@ class RedactingJsonFormatter(JsonFormatter):
             },
             static_fields={"process_name": os.environ.get("SUPERVISOR_PROCESS_NAME", "worker")},
             datefmt="%Y-%m-%dT%H:%M:%S%z",
+            # "…" as itself, not \u2026: a log line is for people too.
+            json_ensure_ascii=False,
         )
         self._secrets = tuple(s for s in secrets if s)
 
@@ -59,7 +63,12 @@ def configure(
     level: str = "INFO", secrets: Iterable[str] = (), stream: TextIO | None = None
 ) -> None:
     """Routes every logger to stdout (or `stream`) as JSON; the SDKs' chatter stays at WARNING."""
-    handler = logging.StreamHandler(stream or sys.stdout)
+    stream = stream or sys.stdout
+    if isinstance(stream, io.TextIOWrapper) and codecs.lookup(stream.encoding).name != "utf-8":
+        # A non-UTF-8 locale (LANG=C on an old libc): escape what it cannot encode
+        # rather than lose the line to a UnicodeEncodeError.
+        stream.reconfigure(errors="backslashreplace")
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(RedactingJsonFormatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

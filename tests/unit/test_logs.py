@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -56,3 +57,28 @@ def test_one_json_object_per_line_with_stable_keys(capsys: pytest.CaptureFixture
     assert (first["job_id"], first["payment_id"], first["attempt"]) == (7, "p", 1)
     assert "sk_test_abcdef" not in lines[1]
     assert "RuntimeError" in second["exc_info"]
+
+
+def test_non_ascii_is_written_as_itself_not_escaped() -> None:
+    stream = io.StringIO()
+    logs.configure("INFO", stream=stream)
+    try:
+        logging.getLogger("worker.test").info("schema not deployed… for “payments”")
+    finally:
+        logging.getLogger().handlers.clear()
+    line = stream.getvalue().strip()
+    assert "\\u" not in line
+    assert json.loads(line)["msg"] == "schema not deployed… for “payments”"
+
+
+def test_a_non_utf8_stream_escapes_what_it_cannot_encode() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")
+    logs.configure("INFO", stream=stream)
+    try:
+        logging.getLogger("worker.test").info("wait…")
+        stream.flush()
+    finally:
+        logging.getLogger().handlers.clear()
+    # JSON reads the escape back as the character: the line stays whole and valid.
+    assert json.loads(raw.getvalue().decode("ascii"))["msg"] == "wait…"
