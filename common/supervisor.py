@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Mapping
 from typing import Any
 
 from supervisor import childutils
 
 log = logging.getLogger("supervisor_rpc")
+
+# Exit status for a configuration the process cannot run with (sysexits EX_CONFIG).
+EXIT_CONFIG = 78
 
 
 def rpc(env: Mapping[str, str] | None = None) -> Any:
@@ -33,3 +37,13 @@ def stop_self(env: Mapping[str, str] | None = None) -> bool:
         log.warning("could not ask supervisord to keep this process stopped: %s", exc)
         return False
     return True
+
+
+def refuse(program_log: logging.Logger, message: str) -> int:
+    """One clear line, then stay stopped: a restart would only say it again. Returns
+    EXIT_CONFIG, for main() to exit with."""
+    program_log.critical(message)
+    # supervisord answers with SIGTERM; we are leaving anyway, with our own status.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop_self()
+    return EXIT_CONFIG

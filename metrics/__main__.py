@@ -9,12 +9,11 @@ import threading
 from types import FrameType
 
 from common import jsonlog
+from common.supervisor import refuse
 from metrics.collectors import build_registry
 from metrics.config import ConfigError, ExporterConfig
 from metrics.database import DatabaseReader
 from metrics.server import ExporterApp, serve
-
-EXIT_CONFIG = 78
 
 
 def main() -> int:
@@ -22,8 +21,7 @@ def main() -> int:
         config = ExporterConfig.from_env()
     except ConfigError as exc:
         jsonlog.configure("INFO")
-        logging.getLogger("metrics").critical("invalid configuration: %s", exc)
-        return EXIT_CONFIG
+        return refuse(logging.getLogger("metrics"), f"invalid configuration: {exc}")
     jsonlog.configure("INFO", secrets=[config.database_password])
     log = logging.getLogger("metrics")
     if config.multiproc_dir is None:
@@ -41,8 +39,13 @@ def main() -> int:
     try:
         server = serve(app, config.host, config.port)
     except OSError as exc:
-        log.critical("cannot listen on %s:%d: %s", config.host, config.port, exc)
-        return 1
+        # Another exporter (a second checkout, an earlier run) holds the port: retrying
+        # would only fail again.
+        return refuse(
+            log,
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
+            "is another exporter running? METRICS_PORT picks another port",
+        )
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from common import schema
 from metrics.database import DatabaseReader
 
 log = logging.getLogger("metrics")
@@ -34,7 +35,8 @@ class DatabaseCollector(Collector):
         try:
             snapshot = self._reader.snapshot()
         except psycopg.Error as exc:
-            log.warning("cannot read the database for metrics", extra={"error": str(exc)})
+            error = schema.NOT_DEPLOYED if schema.is_missing(exc) else str(exc)
+            log.warning("cannot read the database for metrics", extra={"error": error})
             up.add_metric([], 0)
             yield up
             return

@@ -18,6 +18,7 @@ from prometheus_client import multiprocess
 from supervisor import childutils
 
 from common import jsonlog
+from common.supervisor import refuse
 
 log = logging.getLogger("metrics.reaper")
 
@@ -41,8 +42,7 @@ def main(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     jsonlog.configure("INFO", stream=sys.stderr)
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
     if not directory:
-        log.critical("PROMETHEUS_MULTIPROC_DIR is not set: nothing to tidy")
-        return 78
+        return refuse(log, "PROMETHEUS_MULTIPROC_DIR is not set: nothing to tidy")
     while True:
         headers, payload = childutils.listener.wait(stdin, stdout)
         try:

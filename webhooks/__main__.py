@@ -11,23 +11,11 @@ import uvicorn
 
 from common import jsonlog
 from common.envconfig import ConfigError
-from common.supervisor import stop_self
+from common.supervisor import refuse
 from webhooks.app import PATH, build_app
 from webhooks.config import WebhookConfig
 from webhooks.server import server_config
 from webhooks.store import EventStore
-
-# Exit status for a configuration the process cannot run with (sysexits EX_CONFIG).
-EXIT_CONFIG = 78
-
-
-def refuse(log: logging.Logger, message: str) -> int:
-    """One clear line, then stay stopped: a restart would only say it again."""
-    log.critical(message)
-    # supervisord answers with SIGTERM; we are leaving anyway, with our own status.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stop_self()
-    return EXIT_CONFIG
 
 
 def _already_stopping(_signum: int, _frame: FrameType | None) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from common import sqlfiles
+from common import schema, sqlfiles
 
 Q = sqlfiles.load("webhooks.sql")
 
@@ -67,7 +67,8 @@ class EventStore:
             raise InvalidEvent(exc.sqlstate or type(exc).__name__) from None
         except (psycopg.Error, OSError) as exc:
             # PoolTimeout is a psycopg.OperationalError too.
-            raise StoreUnavailable(type(exc).__name__) from exc
+            reason = schema.NOT_DEPLOYED if schema.is_missing(exc) else type(exc).__name__
+            raise StoreUnavailable(reason) from exc
         outcome = str(row[0]) if row else ""
         if outcome not in OUTCOMES:
             raise StoreUnavailable(f"unexpected outcome {outcome!r}")

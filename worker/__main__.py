@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 
 from common import jsonlog as logs
 from common.envconfig import ConfigError
-from common.supervisor import stop_self
+from common.supervisor import refuse
 from worker.config import Config
 from worker.service import (
     STOP_CLOSE_SECONDS,
@@ -19,18 +18,7 @@ from worker.service import (
     flush_and_exit,
     open_pool,
 )
-
-# Exit status for a configuration the process cannot run with (sysexits EX_CONFIG).
-EXIT_CONFIG = 78
-
-
-def refuse(log: logging.Logger, message: str) -> int:
-    """One clear line, then stay stopped: a restart would only say it again."""
-    log.critical(message)
-    # supervisord answers with SIGTERM; we are leaving anyway, with our own status.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stop_self()
-    return EXIT_CONFIG
+from worker.store import SchemaNotDeployed
 
 
 def main() -> int:
@@ -52,6 +40,9 @@ def main() -> int:
         return 0
     try:
         worker = Worker(config, pool, stop)
+    except SchemaNotDeployed as exc:
+        pool.close(timeout=STOP_CLOSE_SECONDS)
+        return refuse(log, str(exc))
     except StartupError as exc:
         pool.close(timeout=STOP_CLOSE_SECONDS)
         return refuse(log, f"cannot start: {exc}")

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from common import schema
 from worker.models import (
     Job,
     LifecycleJob,
@@ -192,6 +193,21 @@ class NotificationConnection:
             self._conn = None
 
 
+class SchemaNotDeployed(LookupError):
+    """The database lacks the schema (or this version's part of it); the message says
+    what to do."""
+
+
+@contextlib.contextmanager
+def _schema_needed() -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as exc:
+        if schema.is_missing(exc):
+            raise SchemaNotDeployed(schema.NOT_DEPLOYED) from None
+        raise
+
+
 class Store:
     """Queries against a connection pool, plus the two connections whose
     session is what holds something: job leases (claims happen there) and the
@@ -227,7 +243,9 @@ class Store:
         return self._leader.close(left()) and leases
 
     def config_get(self) -> QueueSettings:
-        with self._pool.connection() as conn:
+        """Raises SchemaNotDeployed on a database without the schema (the first query a
+        worker runs)."""
+        with _schema_needed(), self._pool.connection() as conn:
             row = conn.execute(Q["config_get"]).fetchone()
         if row is None:
             raise LookupError("payments.config has no row: is the schema deployed?")
@@ -320,7 +338,7 @@ class Store:
 
     def job_kind_list(self) -> dict[str, str | None]:
         """The kinds the database knows, with their given-up effect functions."""
-        with self._pool.connection() as conn:
+        with _schema_needed(), self._pool.connection() as conn:
             return {kind: given_up for kind, given_up in conn.execute(Q["job_kind_list"])}
 
     def queue_touch(self) -> bool:
