@@ -46,9 +46,12 @@ COPY supervisord.conf ./
 # supervisord.conf writes its socket, pidfile and the workers' metrics files under
 # %(here)s/.run: here a root-owned link to /run/payment-worker, the one directory the
 # user owns (Kubernetes mounts an emptyDir there, so the root filesystem can be read-only).
+# supervisord.workers.conf, which supervisord.conf includes, is the checkout's link to
+# .run/workers.conf, where worker-scaler writes RIVER_WORKER_COUNT (worker/scaler.py).
 RUN python -m compileall -q common worker metrics webhooks \
     && install -d -o app -g app -m 0700 /run/payment-worker \
-    && ln -s /run/payment-worker /app/.run
+    && ln -s /run/payment-worker /app/.run \
+    && ln -s .run/workers.conf /app/supervisord.workers.conf
 
 # In a container the exporter must be reachable from Prometheus; its default is loopback.
 ENV METRICS_HOST=0.0.0.0

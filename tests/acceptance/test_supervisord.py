@@ -20,6 +20,7 @@ from tests.acceptance.conftest import (
     API_KEY,
     DB_PASSWORD,
     LOG_KEYS,
+    RUN_DIR,
     StartSupervisord,
     Supervisord,
     base_env,
@@ -34,6 +35,8 @@ from tests.acceptance.conftest import (
 )
 
 pytestmark = pytest.mark.acceptance
+
+WORKERS_CONF = RUN_DIR / "workers.conf"
 
 # The seed's manual test, word for word as a developer types it in a shell.
 SEED_COMMAND = (
@@ -222,8 +225,7 @@ def test_without_river_worker_count_one_worker_runs(
         # spawned, then stopped at its own request: no STRIPE_WEBHOOK_SECRET here
         "webhooks",
     }
-    started = {name for name, p in sup.workers().items() if p["statename"] != "STOPPED"}
-    assert started == {"worker-00"}
+    assert list(sup.workers()) == ["worker-00"], "no spare worker slot is declared"
     environ = Path(f"/proc/{running['worker-00']['pid']}/environ").read_bytes()
     assert b"RIVER_WORKER_COUNT" not in environ
     scaler = [line for line in sup.json_lines() if line["logger"] == "worker.scaler"]
@@ -233,6 +235,31 @@ def test_without_river_worker_count_one_worker_runs(
     assert payment["status"] == "pending"
     assert [job["state"] for job in jobs(db_url)] == ["completed"]
     assert len(standin.admin.intents_with_metadata("payment_id", payment["payment_id"])) == 1
+
+
+@pytest.mark.timeout(90)
+def test_status_lists_exactly_the_workers_that_run_whatever_an_earlier_run_left(
+    start_supervisord: StartSupervisord, worker_env: dict[str, str]
+) -> None:
+    # An earlier supervisord ran five: its file is read first, then replaced.
+    WORKERS_CONF.parent.mkdir(exist_ok=True)
+    WORKERS_CONF.write_text("[program:worker]\nnumprocs=5\n")
+    sup = start_supervisord({**worker_env, "RIVER_WORKER_COUNT": "3"})
+    sup.wait_workers_running(3)
+    status = sup.ctl("status")
+    worker_rows = [line.split() for line in status.stdout.splitlines() if "worker-0" in line]
+    assert [(row[0], row[1]) for row in worker_rows] == [
+        ("worker:worker-00", "RUNNING"),
+        ("worker:worker-01", "RUNNING"),
+        ("worker:worker-02", "RUNNING"),
+    ], status.stdout
+    assert "numprocs=3" in WORKERS_CONF.read_text()
+    assert {name for name in spawned_pids(sup).values() if name.startswith("worker-0")} == {
+        "worker-00",
+        "worker-01",
+        "worker-02",
+    }
+    assert "No file matches via include" not in sup.output()
 
 
 def test_sigterm_mid_job_finishes_the_job_exits_0_and_is_restarted(

@@ -230,6 +230,10 @@ def test_what_supervisord_writes_goes_to_a_run_dir_the_user_owns(
     words = shlex.split(install)
     user = words[words.index("-o") + 1]
     assert user in ("app", "10001"), install
+    # The workers' count, which worker-scaler writes into .run, is included through the
+    # same link the checkout has.
+    link = ROOT / "supervisord.workers.conf"
+    assert re.search(rf"\bln -s {re.escape(str(link.readlink()))} /app/{link.name}\b", runs)
     conf = (ROOT / "supervisord.conf").read_text()
     assert "pidfile=%(here)s/.run/" in conf
     assert "file=%(here)s/.run/" in conf

@@ -9,10 +9,11 @@ import pytest
 from supervisor.options import ServerOptions
 
 from webhooks import server, store
-from worker import service
+from worker import scaler, service
 from worker.scaler import GROUP, MAX_WORKERS
 
-CONF = Path(__file__).resolve().parents[2] / "supervisord.conf"
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "supervisord.conf"
 
 
 @pytest.fixture
@@ -27,14 +28,57 @@ def groups(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     return {g.name: g for g in options.process_group_configs}
 
 
-def test_workers_are_numbered_and_started_by_the_scaler(groups: dict[str, object]) -> None:
+def test_one_worker_is_declared_and_the_scaler_starts_the_workers(
+    groups: dict[str, object],
+) -> None:
     workers = groups[GROUP]
     names = [p.name for p in workers.process_configs]  # type: ignore[attr-defined]
-    assert names == [f"worker-{n:02d}" for n in range(MAX_WORKERS)]
+    assert names == ["worker-00"]
     assert all(not p.autostart for p in workers.process_configs)  # type: ignore[attr-defined]
     scaler = groups["worker-scaler"].process_configs[0]  # type: ignore[attr-defined]
     assert scaler.autostart
     assert scaler.command == "python -m worker.scaler"
+    assert scaler.environment["WORKERS_CONF"] == str(ROOT / ".run" / "workers.conf")
+
+
+def test_the_included_link_leads_to_the_file_the_scaler_writes() -> None:
+    link = ROOT / "supervisord.workers.conf"
+    assert link.is_symlink()
+    assert link.readlink() == Path(".run/workers.conf")
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    parser.read(CONF)
+    assert parser.get("include", "files") == "%(here)s/supervisord.workers.conf"
+
+
+@pytest.mark.parametrize("count", [1, 4, MAX_WORKERS])
+def test_the_scalers_file_sets_the_count_and_keeps_every_other_setting(
+    groups: dict[str, object], tmp_path: Path, count: int
+) -> None:
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(CONF.read_text())
+    (tmp_path / "supervisord.workers.conf").symlink_to(".run/workers.conf")
+    (tmp_path / ".run").mkdir()
+    scaler.write_include(tmp_path / ".run" / "workers.conf", count)
+    options = _options(conf)
+    assert options.parse_warnings == []
+    [resized] = [g for g in options.process_group_configs if g.name == GROUP]
+    names = [p.name for p in resized.process_configs]
+    assert names == [f"worker-{n:02d}" for n in range(count)]
+    [declared] = groups[GROUP].process_configs  # type: ignore[attr-defined]
+    for process in resized.process_configs:
+        for setting in ("command", "autostart", "stopwaitsecs", "stopsignal", "stopasgroup"):
+            assert getattr(process, setting) == getattr(declared, setting), setting
+    assert not (tmp_path / ".run" / "workers.conf.partial").exists()
+
+
+def test_without_the_scalers_file_supervisord_starts_without_a_warning(tmp_path: Path) -> None:
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(CONF.read_text())
+    (tmp_path / "supervisord.workers.conf").symlink_to(".run/workers.conf")
+    (tmp_path / ".run").mkdir()
+    options = _options(conf)
+    assert options.parse_warnings == []
+    assert options.parse_criticals == []
 
 
 def test_workers_exit_on_their_own_before_supervisord_would_kill_them(
