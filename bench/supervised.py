@@ -33,6 +33,10 @@ _MOVED = (
     ("%(here)s/.run/supervisor.sock", "{tmp}/supervisor.sock"),
     ("%(here)s/.run/supervisord.pid", "{tmp}/supervisord.pid"),
     ("%(here)s/.run/metrics", "{tmp}/metrics"),
+    # worker-scaler's RIVER_WORKER_COUNT, and the include that reads it (no link needed:
+    # supervisord only warns that it is not there yet).
+    ("%(here)s/.run/workers.conf", "{tmp}/workers.conf"),
+    ("%(here)s/supervisord.workers.conf", "{tmp}/workers.conf"),
 )
 
 
