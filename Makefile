@@ -35,8 +35,8 @@ run: venv ## schema, Stripe stand-in (unless STRIPE_API_KEY is real) and supervi
 	@scripts/with-env.sh scripts/run.sh
 
 .PHONY: bench
-bench: venv ## benchmark: RPC latency, wake-up, throughput, RSS, vs procrastinate and pgqueuer; writes bench/RESULTS.md
-	@scripts/with-env.sh $(VENV)/bin/python -m bench $(BENCH_ARGS)
+bench: venv ## benchmark: RPC latency, wake-up, throughput, RSS, vs procrastinate, pgqueuer; BENCH_RECORD=1 rewrites bench/RESULTS.md
+	@scripts/with-env.sh $(VENV)/bin/python -m bench $(if $(filter 1,$(BENCH_RECORD)),--record) $(BENCH_ARGS)
 
 clean: ## stop the private PostgreSQL cluster and remove .run (keeps .venv and .tools)
 	@scripts/stop-postgres.sh --remove

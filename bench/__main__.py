@@ -1,6 +1,11 @@
-"""`make bench`: every measurement of issue 5 in one run, one table, bench/RESULTS.md.
+"""`make bench`: every measurement of issue 5 in one run, one table, the run's RESULTS.md.
 
     scripts/with-env.sh .venv/bin/python -m bench [--quick] [--only rpc,noop,...,events]
+        [--record]
+
+The run's RESULTS.md goes beside its raw results in bench/.runs/<time>/ (the path is
+printed); --record (`make bench BENCH_RECORD=1`) also rewrites the committed
+bench/RESULTS.md.
 
 Each database it uses is a fresh one it creates (pw_bench_<pid>_...) and drops at the
 end, never the `payment_worker` database of `make run`. See bench/RESULTS.md, "Method"."""
@@ -32,6 +37,12 @@ from bench.common import BENCH_DIR, ROOT, admin_url, as_login, database_url
 from bench.supervised import BenchSupervisord
 
 PREFIX = f"pw_bench_{os.getpid()}_"
+RECORDED = BENCH_DIR / "RESULTS.md"  # committed: rewritten only by --record
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the checkout when it is inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 @contextlib.contextmanager
@@ -359,12 +370,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny runs, to check the harness")
     parser.add_argument("--only", default="rpc,noop,throughput,webhooks,events")
-    parser.add_argument("--results", default=str(BENCH_DIR / "RESULTS.md"))
+    parser.add_argument(
+        "--results", help="where to write the run's RESULTS.md (default: its bench/.runs/ dir)"
+    )
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="also rewrite the committed bench/RESULTS.md (make bench BENCH_RECORD=1)",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="py-spy a worker (bench/profile.py), see .runs/"
     )
     args = parser.parse_args(argv)
+    if args.record and (args.quick or args.no_results):
+        parser.error("--record records a full run: not with --quick or --no-results")
     args.only = set(args.only.split(","))
     # Sized for a 2-core machine: the whole run stays well under 10 minutes.
     args.rpc_calls, args.rpc_workers = 1000, 1
@@ -417,9 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print(f"\ntotal runtime {results['runtime_s']:.0f} s; raw results in {runs.relative_to(ROOT)}")
-    if not args.no_results and not args.quick:
-        report.write_results(Path(args.results), results)
-        print(f"wrote {Path(args.results).relative_to(ROOT)}")
+    if not args.no_results:
+        run_path = Path(args.results) if args.results else runs / "RESULTS.md"
+        for path in report.publish(results, RECORDED, run_path, record=args.record):
+            print(f"wrote {shown(path)}")
+        if not args.record:
+            print(f"(not recorded: {shown(RECORDED)} is unchanged; BENCH_RECORD=1 records)")
     return 0
 
 

@@ -1,7 +1,10 @@
-"""The table `make bench` prints, and bench/RESULTS.md.
+"""The table `make bench` prints, and the run's RESULTS.md.
 
-RESULTS.md keeps everything outside the generated block (between BEGIN and END) as it
-is: the profiling notes and the log of changes are written by hand below it."""
+A run writes its RESULTS.md beside its raw results (bench/.runs/<time>/); only a
+recorded run (`make bench BENCH_RECORD=1`) rewrites the committed bench/RESULTS.md.
+Either keeps everything of the committed file outside the generated block (between
+BEGIN and END) as it is: the profiling notes and the log of changes are written by
+hand below it."""
 
 from __future__ import annotations
 
@@ -340,15 +343,25 @@ def generated(results: dict[str, Any]) -> str:
     )
 
 
-def write_results(path: Path, results: dict[str, Any]) -> None:
+def results_text(results: dict[str, Any], committed: str | None) -> str:
+    """`committed` (the hand-written parts kept) with its generated block replaced."""
     block = generated(results)
-    if path.exists():
-        text = path.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            path.write_text(head + block + tail)
-            return
-    path.write_text(
-        "# Benchmark results (`make bench`)\n\n" + block + "\n\n## Profiling and changes\n"
-    )
+    if committed is not None and BEGIN in committed and END in committed:
+        head, rest = committed.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        return head + block + tail
+    return "# Benchmark results (`make bench`)\n\n" + block + "\n\n## Profiling and changes\n"
+
+
+def publish(
+    results: dict[str, Any], committed: Path, run_path: Path, record: bool = False
+) -> list[Path]:
+    """Writes the run's RESULTS.md to `run_path`, and `committed` itself only if `record`;
+    returns what it wrote."""
+    text = results_text(results, committed.read_text() if committed.exists() else None)
+    run_path.parent.mkdir(parents=True, exist_ok=True)
+    run_path.write_text(text)
+    if not record:
+        return [run_path]
+    committed.write_text(text)
+    return [run_path, committed]
