@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import psycopg
@@ -16,8 +18,10 @@ from stripe_standin.process import StandinProcess
 from tests import pg
 from tests.acceptance.conftest import (
     API_KEY,
+    ROOT,
     StartSupervisord,
     Supervisord,
+    base_env,
     free_port,
     pid_alive,
     wait_until,
@@ -73,13 +77,14 @@ def schemaless_db() -> Iterator[str]:
 def test_workers_on_a_database_without_the_schema_say_so_once_and_stay_stopped(
     schemaless_db: str, start_supervisord: StartSupervisord, standin: StandinProcess
 ) -> None:
+    port = free_port()
     sup = start_supervisord(
         {
             "DATABASE_URL": schemaless_db,
             "STRIPE_API_KEY": API_KEY,
             "STRIPE_API_BASE": standin.url,
             "RIVER_WORKER_COUNT": "2",
-            "METRICS_PORT": str(free_port()),
+            "METRICS_PORT": str(port),
         }
     )
     for name in ("worker-00", "worker-01"):
@@ -89,6 +94,40 @@ def test_workers_on_a_database_without_the_schema_say_so_once_and_stay_stopped(
     assert all(p["pid"] == 0 for p in sup.workers().values())
     assert "Traceback" not in sup.output()
     assert "does not exist" not in sup.output()
+    # The image's health check sees it: the exporter runs, no worker does.
+    _, line = wait_until(
+        lambda: (check := healthcheck(port))[0] == 1 and "no live worker" in check[1] and check,
+        30,
+        lambda: f"the health check did not say unhealthy: {healthcheck(port)}",
+    )
+    assert line.startswith("unhealthy: ")
+
+
+def healthcheck(port: int) -> tuple[int, str]:
+    """`python -m metrics.healthcheck`, as the image's HEALTHCHECK runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "metrics.healthcheck"],
+        cwd=ROOT,
+        env={**base_env(), "METRICS_PORT": str(port), "METRICS_HOST": "0.0.0.0"},  # noqa: S104
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode, done.stdout.strip()
+
+
+@pytest.mark.timeout(90)
+def test_the_health_check_passes_once_the_workers_beat(
+    supervisor: Supervisord, worker_env: dict[str, str]
+) -> None:
+    port = int(worker_env["METRICS_PORT"])
+    _, line = wait_until(
+        lambda: (check := healthcheck(port))[0] == 0 and check,
+        30,
+        lambda: f"the health check did not pass: {healthcheck(port)}",
+    )
+    assert line.startswith('healthy: {"database": "ok"')
 
 
 @pytest.mark.timeout(90)

@@ -57,7 +57,7 @@ def test_the_services(services: dict[str, dict[str, Any]]) -> None:
 
 def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
-        if "build" in service and name == "payment-worker":
+        if "build" in service and name in ("payment-worker", "schema"):
             continue
         image = service["image"]
         repo, _, tag = image.rpartition(":")
@@ -151,13 +151,15 @@ def test_grafana_gets_the_provisioning(services: dict[str, dict[str, Any]]) -> N
 
 def test_the_schema_is_deployed_before_the_workers(services: dict[str, dict[str, Any]]) -> None:
     schema = services["schema"]
-    assert schema["image"].startswith("sqitch/sqitch:")
-    binds = {m.source: m.target for m in mounts(schema) if m.is_bind}
-    assert binds["../schema"] == "/repo"  # the image's working directory
-    assert (DEPLOY / "../schema/sqitch.conf").is_file()
+    # The worker's own image, which holds sqitch, schema/ and deploy-schema.
+    assert schema["build"] == services["payment-worker"]["build"]
+    assert schema["image"] == services["payment-worker"]["image"]
+    assert {"schema", "deploy"} <= dockerfile_copies()
     command = [interpolate(str(c)) for c in schema["command"]]
-    assert command[0] == "deploy"
-    assert command[-1].startswith("db:pg://") and "@postgres:5432/" in command[-1]
+    assert command[0] == "deploy-schema"
+    url = interpolate(schema["environment"]["DATABASE_URL"])
+    assert re.fullmatch(r"postgresql://postgres:[^@]+@postgres:5432/payment_worker", url)
+    assert schema["healthcheck"] == {"disable": True}
     assert schema["depends_on"]["postgres"]["condition"] == "service_healthy"
     waits = services["payment-worker"]["depends_on"]
     assert waits["schema"]["condition"] == "service_completed_successfully"
@@ -188,6 +190,12 @@ def seconds(value: str) -> int:
 def test_the_workers_get_time_to_finish_their_jobs(services: dict[str, dict[str, Any]]) -> None:
     grace = seconds(services["payment-worker"]["stop_grace_period"])
     assert grace > supervisord_stopwaitsecs()
+
+
+def test_the_health_check_is_the_images(services: dict[str, dict[str, Any]]) -> None:
+    check = services["payment-worker"]["healthcheck"]
+    assert check["test"] == ["CMD", "python", "-m", "metrics.healthcheck"]
+    assert "HEALTHCHECK" in (ROOT / "Dockerfile").read_text()
 
 
 def docker_compose() -> list[str] | None:

@@ -185,7 +185,17 @@ def test_entrypoint_is_an_init_that_is_installed(instructions: list[Instruction]
 
 def test_cmd_runs_supervisord_with_the_repo_config(instructions: list[Instruction]) -> None:
     [cmd] = of(instructions, "CMD")
-    assert cmd.exec_form() == ["supervisord", "-c", "supervisord.conf"]
+    # Through the relay: supervisord's /dev/stdout is then a pipe of the app user's own,
+    # whoever owns the runtime's (tests/unit/test_relay.py).
+    assert cmd.exec_form() == [
+        "python",
+        "-m",
+        "common.relay",
+        "supervisord",
+        "-c",
+        "supervisord.conf",
+    ]
+    assert (ROOT / "common" / "relay.py").exists()
     # ... from the working directory that holds supervisord.conf.
     workdir = of(instructions, "WORKDIR")[-1].args
     copied = [copy_sources_and_dest(c) for c in local_copies(instructions)]
@@ -278,3 +288,56 @@ def test_the_image_holds_every_program_supervisord_runs(instructions: list[Instr
 
 def test_only_the_metrics_and_webhook_ports_are_exposed(instructions: list[Instruction]) -> None:
     assert [i.args for i in of(instructions, "EXPOSE")] == ["9187 8080"]
+
+
+def test_the_healthcheck_asks_the_exporters_healthz(instructions: list[Instruction]) -> None:
+    [check] = of(instructions, "HEALTHCHECK")
+    options, _, command = check.args.partition(" CMD ")
+    assert json.loads(command) == ["python", "-m", "metrics.healthcheck"]
+    assert (ROOT / "metrics" / "healthcheck.py").exists()
+    flags = dict(re.findall(r"--([a-z-]+)=(\S+)", options))
+    seconds = {k: int(v.removesuffix("s")) for k, v in flags.items() if k != "retries"}
+    assert set(seconds) == {"interval", "timeout", "start-period"}
+    assert seconds["timeout"] < seconds["interval"]
+    # A worker beats within METRICS_HEARTBEAT_MAX_AGE (30 s) of its start.
+    assert seconds["start-period"] >= 30
+    assert int(flags["retries"]) >= 2, "one slow answer is not yet unhealthy"
+
+
+def test_the_image_deploys_its_own_schema(instructions: list[Instruction]) -> None:
+    installs = " ".join(i.args for i in of(instructions, "RUN"))
+    [apt] = re.findall(r"apt-get install ([^&;]*)", installs)
+    # sqitch's pg engine needs its DBI driver and runs psql.
+    assert {"sqitch", "libdbd-pg-perl", "postgresql-client"} <= set(apt.split())
+    copied = {
+        source.rstrip("/"): dest
+        for c in local_copies(instructions)
+        for sources, dest in [copy_sources_and_dest(c)]
+        for source in sources
+    }
+    assert copied["schema"].rstrip("/") in ("./schema", "schema", "/app/schema")
+    assert copied["deploy/deploy_schema.py"].rstrip("/") in ("./deploy", "/app/deploy")
+    # On PATH as deploy-schema; it finds schema/ beside its own directory.
+    assert re.search(
+        r"\bln -s /app/deploy/deploy_schema\.py /usr/local/bin/deploy-schema\b", installs
+    )
+    script = ROOT / "deploy" / "deploy_schema.py"
+    assert script.read_text().startswith("#!/usr/bin/env python3\n")
+    tracked = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-s", "deploy/deploy_schema.py"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    if tracked:
+        assert tracked.startswith("100755 "), "COPY keeps git's mode: it must be executable"
+
+
+def test_the_documented_stop_timeout_is_above_supervisords_stop_wait() -> None:
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    parser.read(ROOT / "supervisord.conf")
+    stopwaitsecs = parser.getint("program:worker", "stopwaitsecs")
+    text = DOCKERFILE.read_text()
+    documented = [int(n) for n in re.findall(r"(?:--stop-timeout|docker stop -t) (\d+)", text)]
+    assert documented, "the Dockerfile says how long `docker stop` must wait"
+    assert all(n > stopwaitsecs for n in documented), (documented, stopwaitsecs)
