@@ -5,13 +5,14 @@ interface of the store."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol
 from uuid import UUID
 
-from worker import jobs, telemetry
+from worker import jobs, operations, telemetry
 from worker.models import Job, LifecycleJob, Observation, ObservedIntent, Payment, PaymentIntent
 from worker.stripe_gateway import StripeFailure, StripeGateway, key_generation
 
@@ -62,9 +63,9 @@ def caller_reason(payment_id: UUID) -> str:
 
 
 class JobFailure(jobs.JobFailure):
-    """A payment job's failure: `payment_id` and `request_id` go into its log lines;
-    `public_message` is what the caller may read instead of `caller_reason` (a card
-    decline)."""
+    """A payment job's failure: `payment_id`, `request_id` and `context` go into its log
+    lines; `public_message` is what the caller may read instead of `caller_reason` (a
+    card decline)."""
 
     def __init__(
         self,
@@ -74,12 +75,13 @@ class JobFailure(jobs.JobFailure):
         payment_id: UUID | None = None,
         request_id: str | None = None,
         public_message: str | None = None,
+        context: Mapping[str, str | None] | None = None,
     ) -> None:
         super().__init__(
             message,
             permanent=permanent,
             caller_message=public_message,
-            context=_log_context(payment_id, request_id),
+            context={**(context or {}), **_log_context(payment_id, request_id)},
         )
         self.payment_id = payment_id
 
@@ -92,71 +94,33 @@ class Done:
     intent: PaymentIntent | None = None
 
 
-class CreatePaymentIntent:
-    """kind `create_payment_intent`, args `{"payment_id": uuid}`."""
+class IntentMaker:
+    """Obtains a payment's PaymentIntent: creates it, or adopts the one Stripe already has.
 
-    kind = "create_payment_intent"
+    The create job uses it, and so does the cancel of a payment still waiting for its
+    intent: both walk the same keys and generations from the payment's creation, so the
+    cancel gets the very intent the create job made or is making, never a second one."""
 
-    def __init__(self, payments: PaymentStore, gateway: StripeGateway, currency: str) -> None:
-        self._payments = payments
+    def __init__(self, gateway: StripeGateway) -> None:
         self._gateway = gateway
-        self._currency = currency
 
-    def run(self, job: Job) -> jobs.Done:
-        """The queue core's side: the work's result, as an outcome to record."""
-        done = self.work(job)
-        intent = done.intent
-        context = _log_context(done.payment_id, intent.request_id if intent else None)
-        if intent is None:
-            return jobs.Done(context=context)
-        return jobs.Done(complete=partial(self._complete, intent), context=context)
-
-    def _complete(self, intent: PaymentIntent, job: Job) -> bool:
-        ours, latency = self._payments.job_complete_with_intent(job, intent)
-        if latency is not None:
-            telemetry.PAYMENT_LATENCY.observe(latency)
-        return ours
-
-    def work(self, job: Job) -> Done:
-        payment_id = _payment_id(job)
-        payment = self._payments.job_payment_get(job)
-        if payment is None:
-            raise JobFailure(f"payment {payment_id} does not exist", permanent=True)
-        if payment.status != "pending_intent":
-            # Already answered (or cancelled): nothing to create, never twice.
-            return Done(payment_id=payment.id)
-        if payment.currency != self._currency:
-            raise JobFailure(
-                f"payment is in {payment.currency} but this worker charges in "
-                f"{self._currency} (PAYMENT_CURRENCY); not charged",
-                permanent=True,
-                payment_id=payment.id,
-            )
-        try:
-            return self._create_or_adopt(job, payment)
-        except StripeFailure as exc:
-            raise JobFailure(
-                exc.message,
-                permanent=exc.permanent,
-                payment_id=payment.id,
-                request_id=exc.request_id,
-                public_message=exc.public_message,
-            ) from exc
-
-    def _create_or_adopt(self, job: Job, payment: Payment) -> Done:
+    def obtain(self, payment: Payment, job: Job) -> PaymentIntent:
         """Creates the intent, or adopts the one Stripe already has for this payment.
 
         A key may hide an intent in two ways: Stripe forgot it (over 24 h since the first
         attempt: a new generation's key, so search first) or it saved a 5xx (every retry
         gets that 500 back: search, then the next generation's key). Each generation's key
-        is fixed, so a later attempt walking the same keys gets Stripe's replays."""
-        generation = key_generation(job.created_at, datetime.now(UTC))
+        is fixed, so a later attempt walking the same keys gets Stripe's replays. Raises
+        StripeFailure, or JobFailure when what Stripe has is not the payment's."""
+        # The payment and its create job are inserted together: the same instant.
+        first_attempt = payment.created_at or job.created_at
+        generation = key_generation(first_attempt, datetime.now(UTC))
         if generation > 0 and (adopted := self._adopt(payment)) is not None:
             return adopted
         searched = False
         for _ in range(MAX_KEYS_PER_ATTEMPT):
             try:
-                intent = self._gateway.create_payment_intent(payment, generation)
+                return self._gateway.create_payment_intent(payment, generation)
             except StripeFailure as exc:
                 failure, searched = exc, False
                 if not exc.replayed_server_error:
@@ -165,15 +129,13 @@ class CreatePaymentIntent:
                     return adopted
                 searched = True
                 generation += 1
-                continue
-            return Done(payment_id=payment.id, intent=intent)
         # About to give up: a lost answer may have made the intent all the same.
         giving_up = not failure.permanent and job.attempt >= job.max_attempts
         if giving_up and not searched and (adopted := self._adopt(payment)) is not None:
             return adopted
         raise failure
 
-    def _adopt(self, payment: Payment) -> Done | None:
+    def _adopt(self, payment: Payment) -> PaymentIntent | None:
         """The payment's intent if Stripe has one (the oldest, if several) and it is what
         the payment asked for; None when there is none. Never creates anything."""
         found = sorted(self._gateway.find_payment_intents(payment), key=lambda i: i.created)
@@ -207,13 +169,69 @@ class CreatePaymentIntent:
             "existing PaymentIntent adopted",
             extra={"payment_id": str(payment.id), "provider_payment_id": intent.id},
         )
-        adopted = PaymentIntent(
+        return PaymentIntent(
             payment_id=payment.id,
             provider_payment_id=intent.id,
             client_secret=intent.client_secret,
             request_id=intent.request_id,
         )
-        return Done(payment_id=payment.id, intent=adopted)
+
+
+class CreatePaymentIntent:
+    """kind `create_payment_intent`, args `{"payment_id": uuid}`."""
+
+    kind = "create_payment_intent"
+
+    def __init__(self, payments: PaymentStore, gateway: StripeGateway, currency: str) -> None:
+        self._payments = payments
+        self._maker = IntentMaker(gateway)
+        self._currency = currency
+
+    def run(self, job: Job) -> jobs.Done:
+        """The queue core's side: the work's result, as an outcome to record."""
+        done = self.work(job)
+        intent = done.intent
+        context = _log_context(done.payment_id, intent.request_id if intent else None)
+        if intent is None:
+            return jobs.Done(context=context)
+        return jobs.Done(complete=partial(self._complete, intent), context=context)
+
+    def _complete(self, intent: PaymentIntent, job: Job) -> bool:
+        ours, latency = self._payments.job_complete_with_intent(job, intent)
+        if latency is not None:
+            telemetry.PAYMENT_LATENCY.observe(latency)
+        return ours
+
+    def work(self, job: Job) -> Done:
+        payment_id = _payment_id(job)
+        payment = self._payments.job_payment_get(job)
+        if payment is None:
+            raise JobFailure(f"payment {payment_id} does not exist", permanent=True)
+        if payment.status != "pending_intent":
+            # Already answered (or cancelled): nothing to create, never twice.
+            return Done(payment_id=payment.id)
+        check_currency(payment, self._currency)
+        try:
+            return Done(payment_id=payment.id, intent=self._maker.obtain(payment, job))
+        except StripeFailure as exc:
+            raise JobFailure(
+                exc.message,
+                permanent=exc.permanent,
+                payment_id=payment.id,
+                request_id=exc.request_id,
+                public_message=exc.public_message,
+            ) from exc
+
+
+def check_currency(payment: Payment, currency: str) -> None:
+    """Refuses a payment in another currency than the worker's (PAYMENT_CURRENCY)."""
+    if payment.currency != currency:
+        raise JobFailure(
+            f"payment is in {payment.currency} but this worker charges in "
+            f"{currency} (PAYMENT_CURRENCY); not charged",
+            permanent=True,
+            payment_id=payment.id,
+        )
 
 
 class ApplyPaymentIntent:
@@ -260,6 +278,10 @@ class ApplyPaymentIntent:
         token = self._store.observation_token()
         try:
             intent = self._gateway.retrieve_payment_intent(intent_id)
+            if (intent.amount_received or 0) > 0 or intent.status == "succeeded":
+                # Money taken may have gone back: its refunds, a dashboard's too.
+                refunds = tuple(self._gateway.list_refunds(intent_id))
+                intent = replace(intent, refunds=refunds)
         except StripeFailure as exc:
             if exc.not_found:
                 reason = f"Stripe has no PaymentIntent {intent_id}"
@@ -316,7 +338,9 @@ def _payment_id(job: Job) -> UUID:
         raise JobFailure(f"job args have no valid payment_id: {raw!r}", permanent=True) from None
 
 
-class Store(PaymentStore, LifecycleStore, Protocol):
+class Store(
+    PaymentStore, LifecycleStore, operations.OperationStore, operations.RefundStore, Protocol
+):
     pass
 
 
@@ -324,6 +348,12 @@ def register(kinds: jobs.Kinds, payments: Store, gateway: StripeGateway, currenc
     """The payment kinds, each with its work and its given-up effect."""
     handler = CreatePaymentIntent(payments, gateway, currency)
     kinds.register(handler.kind, handler.run, given_up=PAYMENT_GIVEN_UP)
+    capture = operations.CapturePayment(payments, gateway)
+    kinds.register(capture.kind, capture.run, given_up=operations.OPERATION_GIVEN_UP)
+    cancel = operations.CancelPayment(payments, gateway, IntentMaker(gateway).obtain, currency)
+    kinds.register(cancel.kind, cancel.run, given_up=operations.OPERATION_GIVEN_UP)
+    refund = operations.CreateRefund(payments, gateway)
+    kinds.register(refund.kind, refund.run, given_up=operations.REFUND_GIVEN_UP)
     apply = ApplyPaymentIntent("apply_stripe_event", payments, gateway)
     kinds.register(apply.kind, apply.run, given_up=EVENT_GIVEN_UP)
     sync = ApplyPaymentIntent("sync_payment", payments, gateway)
