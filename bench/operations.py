@@ -5,7 +5,9 @@ least-privileged login), as in production; the stand-in answers at 0 ms and deli
 signed webhooks to the receiver. Setup, untimed: payments inserted (half of them
 capture_method manual), their intents made by the workers, paid with pm_card_visa
 through the stand-in's API, then followed through the event path until the manual ones
-are requires_capture (with their capture_before) and the others succeeded. Then, on one
+are requires_capture (with their capture_before) and the others succeeded. Then, as the
+create RPC is measured (section 1), webhook delivery is switched off and the queue left
+to drain (the measured calls compete with no event processing), and, on one
 connection of a payment_operator login, sequential `capture_payment(id)` calls (each
 payment captured in full), then sequential `refund_payment(id, 1000)` calls (one partial
 refund of each succeeded payment), each timed in-process from execute() to the row in
@@ -68,6 +70,9 @@ def run(
             sup.wait_workers(WORKERS)
             manual = paid_payments(conn, standin.url, count, "manual", "requires_capture")
             automatic = paid_payments(conn, standin.url, count, "automatic", "succeeded")
+            # Measured as the create RPC is (section 1): no webhooks, an idle queue.
+            standin.admin.configure_webhooks(enabled=False)
+            wait_for(idle(conn), 120, "the setup's jobs to finish")
             with psycopg.connect(operator_dsn, autocommit=True) as operator:
                 capture = timed(
                     operator,
@@ -128,6 +133,18 @@ def in_status(
             (ids, status),
         ).fetchall()
         return {r[0]: r[1] for r in rows} if len(rows) == len(ids) else None
+
+    return probe
+
+
+def idle(conn: psycopg.Connection[Any]) -> Callable[[], bool]:
+    """A probe: no job waits or runs."""
+
+    def probe() -> bool:
+        row = conn.execute(
+            "SELECT count(*) FROM metadata.river_job WHERE state IN ('available', 'running')"
+        ).fetchone()
+        return row is not None and row[0] == 0
 
     return probe
 

@@ -232,8 +232,9 @@ for every process of the machine) or `perf_counter()` within a process.
 7. **Capture and refund latency** (`bench/operations.py`): the real supervisord (one
    worker, the webhook receiver), the stand-in at 0 ms delivering its webhooks.
    Untimed setup: manual-capture and automatic payments paid by card and followed
-   through the event path to `requires_capture` and `succeeded`. Then, on one
-   connection of a `payment_operator` login, sequential `capture_payment(id)` calls
+   through the event path to `requires_capture` and `succeeded`. Then, as in 1, no
+   webhooks (delivery switched off, the queue drained) and, on one connection of a
+   `payment_operator` login, sequential `capture_payment(id)` calls
    (each a full capture) and sequential `refund_payment(id, 1000)` calls, each timed
    in-process from `execute()` to the row in hand; 10 untimed warm-up calls of each.
 
