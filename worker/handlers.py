@@ -104,16 +104,17 @@ class IntentMaker:
     def __init__(self, gateway: StripeGateway) -> None:
         self._gateway = gateway
 
-    def obtain(self, payment: Payment, job: Job) -> PaymentIntent:
+    def obtain(self, payment: Payment, job: Job, first_attempt: datetime) -> PaymentIntent:
         """Creates the intent, or adopts the one Stripe already has for this payment.
 
         A key may hide an intent in two ways: Stripe forgot it (over 24 h since the first
         attempt: a new generation's key, so search first) or it saved a 5xx (every retry
         gets that 500 back: search, then the next generation's key). Each generation's key
         is fixed, so a later attempt walking the same keys gets Stripe's replays. Raises
-        StripeFailure, or JobFailure when what Stripe has is not the payment's."""
-        # The payment and its create job are inserted together: the same instant.
-        first_attempt = payment.created_at or job.created_at
+        StripeFailure, or JobFailure when what Stripe has is not the payment's.
+
+        `first_attempt` starts the generations: the create job's creation, which is the
+        payment's (they are inserted in one transaction)."""
         generation = key_generation(first_attempt, datetime.now(UTC))
         if generation > 0 and (adopted := self._adopt(payment)) is not None:
             return adopted
@@ -212,7 +213,9 @@ class CreatePaymentIntent:
             return Done(payment_id=payment.id)
         check_currency(payment, self._currency)
         try:
-            return Done(payment_id=payment.id, intent=self._maker.obtain(payment, job))
+            return Done(
+                payment_id=payment.id, intent=self._maker.obtain(payment, job, job.created_at)
+            )
         except StripeFailure as exc:
             raise JobFailure(
                 exc.message,

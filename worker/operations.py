@@ -41,7 +41,7 @@ REFUND_GIVEN_UP = "payments.create_refund_given_up"
 MAX_REFUND_KEYS_PER_ATTEMPT = 4
 
 # The payment's intent, created or adopted exactly as the create job does (IntentMaker).
-ObtainIntent = Callable[[Payment, Job], PaymentIntent]
+ObtainIntent = Callable[[Payment, Job, datetime], PaymentIntent]
 
 
 class OperationStore(Protocol):
@@ -228,7 +228,7 @@ class CancelPayment(_IntentOperation):
                 context=context,
             )
         try:
-            intent = self._obtain(payment, job)
+            intent = self._obtain(payment, job, op.payment_created_at)
         except StripeFailure as exc:
             raise failure(exc, context) from exc
         return intent.provider_payment_id, intent.client_secret
