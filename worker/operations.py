@@ -39,6 +39,8 @@ REFUND_GIVEN_UP = "payments.create_refund_given_up"
 
 # Refund keys one attempt may move through when each answers a saved 5xx (as creates).
 MAX_REFUND_KEYS_PER_ATTEMPT = 4
+# The same for capture and cancel keys.
+MAX_OPERATION_KEYS_PER_ATTEMPT = 4
 
 # The payment's intent, created or adopted exactly as the create job does (IntentMaker).
 ObtainIntent = Callable[[Payment, Job, datetime], PaymentIntent]
@@ -113,11 +115,7 @@ class _IntentOperation:
             return jobs.Done(context=context)
         intent_id, secret = self._target(op, job, context)
         context["provider_payment_id"] = intent_id
-        token = self._store.observation_token()
-        try:
-            intent = self._call(op, intent_id)
-        except StripeFailure as exc:
-            token, intent = self._after_refusal(exc, intent_id, context)
+        token, intent = self._ask(op, intent_id, context)
         if intent.client_secret is None and secret is not None:
             # The payment adopts the intent obtained for it: with its secret.
             intent = replace(intent, client_secret=secret)
@@ -164,8 +162,31 @@ class _IntentOperation:
             )
         return op.provider_payment_id, None
 
-    def _call(self, op: OperationJob, intent_id: str) -> ObservedIntent:
+    def _call(self, op: OperationJob, intent_id: str, generation: int) -> ObservedIntent:
         raise NotImplementedError
+
+    def _ask(
+        self, op: OperationJob, intent_id: str, context: dict[str, str | None]
+    ) -> tuple[datetime, ObservedIntent]:
+        """The call, and its answer's token. A key that answers a 5xx Stripe saved for it
+        (it may have been done, or not) is never asked again: the intent tells whether it
+        was done; if not, the next generation's key asks."""
+        for generation in range(MAX_OPERATION_KEYS_PER_ATTEMPT):
+            token = self._store.observation_token()
+            try:
+                return token, self._call(op, intent_id, generation)
+            except StripeFailure as exc:
+                if not exc.replayed_server_error:
+                    return self._after_refusal(exc, intent_id, context)
+                last = exc
+            token = self._store.observation_token()
+            try:
+                current = self._gateway.retrieve_payment_intent(intent_id)
+            except StripeFailure as retrieve_exc:
+                raise failure(retrieve_exc, context) from retrieve_exc
+            if current.status == self.done_status:
+                return token, current
+        raise failure(last, context) from last
 
     def _after_refusal(
         self, exc: StripeFailure, intent_id: str, context: dict[str, str | None]
@@ -193,8 +214,10 @@ class CapturePayment(_IntentOperation):
     operation = "capture"
     done_status = "succeeded"
 
-    def _call(self, op: OperationJob, intent_id: str) -> ObservedIntent:
-        return self._gateway.capture_payment_intent(intent_id, op.amount, op.operation_id)
+    def _call(self, op: OperationJob, intent_id: str, generation: int) -> ObservedIntent:
+        return self._gateway.capture_payment_intent(
+            intent_id, op.amount, op.operation_id, generation
+        )
 
 
 class CancelPayment(_IntentOperation):
@@ -233,8 +256,10 @@ class CancelPayment(_IntentOperation):
             raise failure(exc, context) from exc
         return intent.provider_payment_id, intent.client_secret
 
-    def _call(self, op: OperationJob, intent_id: str) -> ObservedIntent:
-        return self._gateway.cancel_payment_intent(intent_id, op.reason, op.operation_id)
+    def _call(self, op: OperationJob, intent_id: str, generation: int) -> ObservedIntent:
+        return self._gateway.cancel_payment_intent(
+            intent_id, op.reason, op.operation_id, generation
+        )
 
 
 class CreateRefund:

@@ -124,15 +124,19 @@ def idempotency_key(payment: Payment, generation: int = 0) -> str:
     return base if generation == 0 else f"{base}:{generation}"
 
 
-def capture_key(operation_id: UUID) -> str:
-    """One capture operation, one capture at Stripe, however often it is asked."""
-    return f"payment-worker:capture_payment:{operation_id}"
+def capture_key(operation_id: UUID, generation: int = 0) -> str:
+    """One capture operation, one capture at Stripe, however often it is asked. A key that
+    answers a saved 5xx is followed by the next generation's (`…:<g>`): the intent's own
+    state keeps it to one capture (an intent captured already refuses another)."""
+    base = f"payment-worker:capture_payment:{operation_id}"
+    return base if generation == 0 else f"{base}:{generation}"
 
 
-def cancel_key(operation_id: UUID, intent_id: str) -> str:
+def cancel_key(operation_id: UUID, intent_id: str, generation: int = 0) -> str:
     """Per intent too: an operation that finds the payment holds another intent than the
-    one it canceled cancels that one with a key of its own."""
-    return f"payment-worker:cancel_payment:{operation_id}:{intent_id}"
+    one it canceled cancels that one with a key of its own. Generations as capture_key's."""
+    base = f"payment-worker:cancel_payment:{operation_id}:{intent_id}"
+    return base if generation == 0 else f"{base}:{generation}"
 
 
 def refund_key(refund_id: UUID, generation: int = 0) -> str:
@@ -198,14 +202,18 @@ class StripeGateway:
         return observed_intent(self._retrying(partial(self._retrieve_once, intent_id)))
 
     def capture_payment_intent(
-        self, intent_id: str, amount_to_capture: int | None, operation_id: UUID
+        self,
+        intent_id: str,
+        amount_to_capture: int | None,
+        operation_id: UUID,
+        generation: int = 0,
     ) -> ObservedIntent:
         """Captures the authorisation: all that is capturable (None), or that much, the
         rest released. Retried at once like a create, with the operation's key."""
         params: PaymentIntentCaptureParams = {"expand": _EXPAND_CHARGE}
         if amount_to_capture is not None:
             params["amount_to_capture"] = amount_to_capture
-        options: stripe.RequestOptions = {"idempotency_key": capture_key(operation_id)}
+        options: stripe.RequestOptions = {"idempotency_key": capture_key(operation_id, generation)}
 
         def capture() -> stripe.PaymentIntent:
             with _measured("capture_payment_intent"):
@@ -214,14 +222,16 @@ class StripeGateway:
         return observed_intent(self._retrying(capture))
 
     def cancel_payment_intent(
-        self, intent_id: str, reason: str | None, operation_id: UUID
+        self, intent_id: str, reason: str | None, operation_id: UUID, generation: int = 0
     ) -> ObservedIntent:
         """Cancels the intent (an authorisation is released), with Stripe's
         cancellation_reason if given. Retried at once like a create."""
         params: PaymentIntentCancelParams = {"expand": _EXPAND_CHARGE}
         if reason is not None:
             params["cancellation_reason"] = reason
-        options: stripe.RequestOptions = {"idempotency_key": cancel_key(operation_id, intent_id)}
+        options: stripe.RequestOptions = {
+            "idempotency_key": cancel_key(operation_id, intent_id, generation)
+        }
 
         def cancel() -> stripe.PaymentIntent:
             with _measured("cancel_payment_intent"):
