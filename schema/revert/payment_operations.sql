@@ -280,6 +280,7 @@ BEGIN
 END
 $$;
 
+REVOKE ALL ON FUNCTION payments.job_payment_get(bigint, integer, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION payments.job_payment_get(bigint, integer, uuid) TO payment_worker;
 
 -- As loopback_writer made them.
