@@ -357,15 +357,16 @@ class CreateRefund:
         self, token: datetime, refund: ObservedRefund, context: dict[str, str | None], job: Job
     ) -> bool:
         finished = self._store.job_refund_finish(job, token, refund)
-        if finished.completed:
-            log.info(
-                "refund stored",
-                extra={
-                    **context,
-                    "job_id": job.id,
-                    "result": finished.result,
-                    "provider_status": refund.status,
-                    "status": finished.refund_status,
-                },
-            )
+        extra = {
+            **context,
+            "job_id": job.id,
+            "result": finished.result,
+            "provider_status": refund.status,
+            "status": finished.refund_status,
+        }
+        if finished.result == "ignored":
+            # Stripe answered with a refund that is not this row's: the row failed.
+            log.warning("Stripe's refund is not this refund's; check it in Stripe", extra=extra)
+        elif finished.completed:
+            log.info("refund stored", extra=extra)
         return finished.completed
