@@ -160,7 +160,9 @@ def test_captures_and_refunds_happen_once_through_kills_and_stripe_faults(
         everyone = manual + automatic
         pending = wait_until(lambda: all_in(url, everyone, "pending"), 60, sup.output)
         client = stripe.StripeClient("sk_test_chaos_customer", base_addresses={"api": standin.url})
-        with psycopg.connect(url, autocommit=True) as conn:
+        dbname = str(conninfo_to_dict(url)["dbname"])
+        operator_url = pg_cluster.url(dbname, user=operator)
+        with psycopg.connect(operator_url, autocommit=True) as conn:
             for payment_id in everyone:
                 intent = pending[payment_id]["provider_payment_id"]
                 client.v1.payment_intents.confirm(intent, {"payment_method": "pm_card_visa"})
@@ -174,8 +176,7 @@ def test_captures_and_refunds_happen_once_through_kills_and_stripe_faults(
         ]
         refunds = [[("refund", p, FIRST_REFUND), ("refund", p, None)] for p in automatic]
         tasks = [t for pair in zip(captures, refunds, strict=True) for t in ([pair[0]], pair[1])]
-        dbname = str(conninfo_to_dict(url)["dbname"])
-        operators = Operators(pg_cluster.url(dbname, user=operator), tasks)
+        operators = Operators(operator_url, tasks)
         standin.admin.configure(**FAULTS)
         chaos = Chaos(url)
         started = time.monotonic()

@@ -239,33 +239,33 @@ def test_cli_capture_and_refund_as_a_dashboard_user(
 
 
 def test_the_sdk_expands_latest_charge_on_every_intent_answer(
-    client: stripe.StripeClient,
+    hooked_client: stripe.StripeClient,
 ) -> None:
     expand: Any = {"expand": ["latest_charge"]}
-    created = client.v1.payment_intents.create(
+    created = hooked_client.v1.payment_intents.create(
         {"amount": 2500, "currency": "usd", "capture_method": "manual", **expand}, key()
     )
     assert created.latest_charge is None
-    confirmed = client.v1.payment_intents.confirm(
+    confirmed = hooked_client.v1.payment_intents.confirm(
         created.id, {"payment_method": "pm_card_visa", **expand}, key()
     )
     charge = confirmed.latest_charge
     assert isinstance(charge, stripe.Charge)
     card = charge.payment_method_details.card  # type: ignore[union-attr]
     assert card is not None and card.capture_before is not None
-    retrieved = client.v1.payment_intents.retrieve(created.id, expand)
+    retrieved = hooked_client.v1.payment_intents.retrieve(created.id, expand)
     assert isinstance(retrieved.latest_charge, stripe.Charge)
     assert retrieved.latest_charge.id == charge.id
-    captured = client.v1.payment_intents.capture(
+    captured = hooked_client.v1.payment_intents.capture(
         created.id, {"amount_to_capture": 1000, **expand}, key()
     )
     assert isinstance(captured.latest_charge, stripe.Charge)
     assert captured.latest_charge.amount_captured == 1000
-    other = paid(client, manual=True)
-    canceled = client.v1.payment_intents.cancel(other.id, expand, key())
+    other = paid(hooked_client, manual=True)
+    canceled = hooked_client.v1.payment_intents.cancel(other.id, expand, key())
     assert isinstance(canceled.latest_charge, stripe.Charge)
     with pytest.raises(stripe.InvalidRequestError) as refused:
-        client.v1.payment_intents.retrieve(
+        hooked_client.v1.payment_intents.retrieve(
             created.id, {"expand": ["latest_charge.balance_transaction"]}
         )
     assert refused.value.user_message == (
@@ -273,11 +273,11 @@ def test_the_sdk_expands_latest_charge_on_every_intent_answer(
     )
 
 
-def test_refund_metadata_round_trips_through_the_sdk(client: stripe.StripeClient) -> None:
-    intent, other = paid(client), paid(client)
-    made = client.v1.refunds.create(
+def test_refund_metadata_round_trips_through_the_sdk(hooked_client: stripe.StripeClient) -> None:
+    intent, other = paid(hooked_client), paid(hooked_client)
+    made = hooked_client.v1.refunds.create(
         {"payment_intent": intent.id, "amount": 100, "metadata": {"refund_id": "r-1"}}, key()
     )
-    client.v1.refunds.create({"payment_intent": other.id, "amount": 100}, key())
-    listed = client.v1.refunds.list({"payment_intent": intent.id})
+    hooked_client.v1.refunds.create({"payment_intent": other.id, "amount": 100}, key())
+    listed = hooked_client.v1.refunds.list({"payment_intent": intent.id})
     assert [(r.id, r.metadata.to_dict()) for r in listed.data] == [(made.id, {"refund_id": "r-1"})]
