@@ -1196,7 +1196,8 @@ DECLARE
 BEGIN
     SELECT * INTO v_payment FROM payments.transactions AS p WHERE p.id = resync.payment_id FOR UPDATE;
     IF v_payment.id IS NULL
-       OR NOT (payments.caller_is_operator()
+       OR NOT (pg_has_role(session_user, current_user, 'MEMBER')
+               OR payments.caller_is_operator()
                OR payments.caller_owns(v_payment.owner_role, v_payment.user_id)) THEN
         RAISE EXCEPTION 'payment % does not exist (or is not yours)', resync.payment_id
             USING ERRCODE = 'no_data_found';
