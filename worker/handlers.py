@@ -101,8 +101,11 @@ class IntentMaker:
     intent: both walk the same keys and generations from the payment's creation, so the
     cancel gets the very intent the create job made or is making, never a second one."""
 
-    def __init__(self, gateway: StripeGateway) -> None:
+    def __init__(self, gateway: StripeGateway, *, accept_canceled: bool = False) -> None:
         self._gateway = gateway
+        # A canceled intent found for the payment is the cancel's own earlier work, to be
+        # finished; for a create it is no intent to pay.
+        self._accept_canceled = accept_canceled
 
     def obtain(self, payment: Payment, job: Job, first_attempt: datetime) -> PaymentIntent:
         """Creates the intent, or adopts the one Stripe already has for this payment.
@@ -149,7 +152,8 @@ class IntentMaker:
                 extra={"payment_id": str(payment.id), "intents": [i.id for i in found]},
             )
         wanted = (payment.amount, payment.currency.lower())
-        if (intent.amount, intent.currency.lower()) != wanted or intent.status == "canceled":
+        canceled = intent.status == "canceled" and not self._accept_canceled
+        if (intent.amount, intent.currency.lower()) != wanted or canceled:
             raise JobFailure(
                 f"PaymentIntent {intent.id} with metadata.payment_id {payment.id} is "
                 f"{intent.amount} {intent.currency} ({intent.status}), the payment "
@@ -353,7 +357,8 @@ def register(kinds: jobs.Kinds, payments: Store, gateway: StripeGateway, currenc
     kinds.register(handler.kind, handler.run, given_up=PAYMENT_GIVEN_UP)
     capture = operations.CapturePayment(payments, gateway)
     kinds.register(capture.kind, capture.run, given_up=operations.OPERATION_GIVEN_UP)
-    cancel = operations.CancelPayment(payments, gateway, IntentMaker(gateway).obtain, currency)
+    obtain = IntentMaker(gateway, accept_canceled=True).obtain
+    cancel = operations.CancelPayment(payments, gateway, obtain, currency)
     kinds.register(cancel.kind, cancel.run, given_up=operations.OPERATION_GIVEN_UP)
     refund = operations.CreateRefund(payments, gateway)
     kinds.register(refund.kind, refund.run, given_up=operations.REFUND_GIVEN_UP)

@@ -186,6 +186,26 @@ def test_a_capture_stripe_refuses_fails_with_stripes_words(
     assert reaches(conn, standin, payment_id, "canceled")["cancellation_reason"] == "automatic"
 
 
+def test_a_capture_refused_because_it_is_done_already_succeeds(
+    database_url: str,
+    conn: psycopg.Connection,
+    standin: StandinProcess,
+    sdk: stripe.StripeClient,
+) -> None:
+    payment_id, intent_id = paid(database_url, conn, standin, sdk, "manual")
+    # Captured in the dashboard; the database has not heard of it yet.
+    sdk.v1.payment_intents.capture(intent_id, {}, {"idempotency_key": "dashboard-capture"})
+
+    captured = call(database_url, "SELECT capture_payment(%s)", payment_id)
+
+    assert (captured["status"], captured["amount_received"]) == ("succeeded", Decimal("25.00"))
+    (operation_id,) = operation_ids(conn, payment_id)
+    row = conn.execute(
+        "SELECT status FROM payments.payment_operations WHERE id = %s", (operation_id,)
+    ).fetchone()
+    assert row == ("succeeded",)
+
+
 # --- cancel -------------------------------------------------------------------------------------
 
 
