@@ -684,17 +684,30 @@ BEGIN
 END
 $roles$;
 
--- Whether the caller acts with payment_operator's privileges (or the schema
--- owner's). The role it acts as is the `role` setting, which only SET ROLE
--- writes and SET ROLE needs membership; SECURITY DEFINER leaves it alone.
--- A PostgREST authenticator is NOINHERIT: it counts only once PostgREST has
--- switched to the JWT's role.
+-- Whether the caller acts with payment_operator's privileges. The role it
+-- acts as is the `role` setting, which only SET ROLE writes and SET ROLE needs
+-- membership; SECURITY DEFINER leaves it alone. Membership is followed as
+-- privileges are inherited (through INHERIT roles only), and a superuser is
+-- not an operator until it says so (SET ROLE payment_operator): a PostgREST
+-- authenticator, NOINHERIT, counts only once PostgREST has switched to the
+-- JWT's role.
 CREATE FUNCTION payments.caller_is_operator() RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_role constant text := coalesce(nullif(current_setting('role'), 'none'), session_user::text);
 BEGIN
-    RETURN pg_has_role(v_role, 'payment_operator', 'USAGE') OR pg_has_role(v_role, current_user, 'USAGE');
+    RETURN EXISTS (
+        WITH RECURSIVE acting (oid, inherits) AS (
+            SELECT r.oid, r.rolinherit FROM pg_catalog.pg_roles AS r WHERE r.rolname = v_role
+            UNION
+            SELECT g.oid, g.rolinherit
+            FROM acting AS a
+            JOIN pg_catalog.pg_auth_members AS m ON m.member = a.oid
+            JOIN pg_catalog.pg_roles AS g ON g.oid = m.roleid
+            WHERE a.inherits
+        )
+        SELECT 1 FROM acting AS a JOIN pg_catalog.pg_roles AS r ON r.oid = a.oid
+        WHERE r.rolname = 'payment_operator');
 END
 $$;
 
@@ -1183,7 +1196,8 @@ DECLARE
 BEGIN
     SELECT * INTO v_payment FROM payments.transactions AS p WHERE p.id = resync.payment_id FOR UPDATE;
     IF v_payment.id IS NULL
-       OR NOT (payments.caller_is_operator()
+       OR NOT (pg_has_role(session_user, current_user, 'MEMBER')
+               OR payments.caller_is_operator()
                OR payments.caller_owns(v_payment.owner_role, v_payment.user_id)) THEN
         RAISE EXCEPTION 'payment % does not exist (or is not yours)', resync.payment_id
             USING ERRCODE = 'no_data_found';
