@@ -5,7 +5,6 @@ interface of the store."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -63,9 +62,9 @@ def caller_reason(payment_id: UUID) -> str:
 
 
 class JobFailure(jobs.JobFailure):
-    """A payment job's failure: `payment_id`, `request_id` and `context` go into its log
-    lines; `public_message` is what the caller may read instead of `caller_reason` (a
-    card decline)."""
+    """A payment job's failure: `payment_id` and `request_id` go into its log lines;
+    `public_message` is what the caller may read instead of `caller_reason` (a card
+    decline)."""
 
     def __init__(
         self,
@@ -75,13 +74,12 @@ class JobFailure(jobs.JobFailure):
         payment_id: UUID | None = None,
         request_id: str | None = None,
         public_message: str | None = None,
-        context: Mapping[str, str | None] | None = None,
     ) -> None:
         super().__init__(
             message,
             permanent=permanent,
             caller_message=public_message,
-            context={**(context or {}), **_log_context(payment_id, request_id)},
+            context=_log_context(payment_id, request_id),
         )
         self.payment_id = payment_id
 
@@ -215,7 +213,13 @@ class CreatePaymentIntent:
         if payment.status != "pending_intent":
             # Already answered (or cancelled): nothing to create, never twice.
             return Done(payment_id=payment.id)
-        check_currency(payment, self._currency)
+        if payment.currency != self._currency:
+            raise JobFailure(
+                f"payment is in {payment.currency} but this worker charges in "
+                f"{self._currency} (PAYMENT_CURRENCY); not charged",
+                permanent=True,
+                payment_id=payment.id,
+            )
         try:
             return Done(
                 payment_id=payment.id, intent=self._maker.obtain(payment, job, job.created_at)
@@ -228,17 +232,6 @@ class CreatePaymentIntent:
                 request_id=exc.request_id,
                 public_message=exc.public_message,
             ) from exc
-
-
-def check_currency(payment: Payment, currency: str) -> None:
-    """Refuses a payment in another currency than the worker's (PAYMENT_CURRENCY)."""
-    if payment.currency != currency:
-        raise JobFailure(
-            f"payment is in {payment.currency} but this worker charges in "
-            f"{currency} (PAYMENT_CURRENCY); not charged",
-            permanent=True,
-            payment_id=payment.id,
-        )
 
 
 class ApplyPaymentIntent:

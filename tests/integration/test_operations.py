@@ -169,51 +169,6 @@ def test_a_partial_capture_takes_that_much_and_releases_the_rest(
         operate(database_url, "SELECT refund_payment(%s, %s)", payment_id, 1001)
 
 
-def test_a_capture_stripe_refuses_fails_with_stripes_words(
-    database_url: str,
-    conn: psycopg.Connection,
-    standin: StandinProcess,
-    sdk: stripe.StripeClient,
-) -> None:
-    payment_id, intent_id = paid(database_url, conn, standin, sdk, "manual")
-    # Stripe gives the authorisation up before our request reaches it.
-    standin.admin.expire_authorization(intent_id)
-
-    with pytest.raises(psycopg.errors.RaiseException, match=r"^Capture failed: ") as err:
-        operate(database_url, "SELECT capture_payment(%s)", payment_id)
-
-    assert "status of canceled" in str(err.value)
-    (operation_id,) = operation_ids(conn, payment_id)
-    row = conn.execute(
-        "SELECT status, error_message FROM payments.payment_operations WHERE id = %s",
-        (operation_id,),
-    ).fetchone()
-    assert row is not None and row[0] == "failed"
-    assert f"Capture failed: {row[1]}" == str(err.value).splitlines()[0]
-    # The expiry's event cancels the payment through the usual path.
-    assert reaches(conn, standin, payment_id, "canceled")["cancellation_reason"] == "automatic"
-
-
-def test_a_capture_refused_because_it_is_done_already_succeeds(
-    database_url: str,
-    conn: psycopg.Connection,
-    standin: StandinProcess,
-    sdk: stripe.StripeClient,
-) -> None:
-    payment_id, intent_id = paid(database_url, conn, standin, sdk, "manual")
-    # Captured in the dashboard; the database has not heard of it yet.
-    sdk.v1.payment_intents.capture(intent_id, {}, {"idempotency_key": "dashboard-capture"})
-
-    captured = operate(database_url, "SELECT capture_payment(%s)", payment_id)
-
-    assert (captured["status"], captured["amount_received"]) == ("succeeded", Decimal("25.00"))
-    (operation_id,) = operation_ids(conn, payment_id)
-    row = conn.execute(
-        "SELECT status FROM payments.payment_operations WHERE id = %s", (operation_id,)
-    ).fetchone()
-    assert row == ("succeeded",)
-
-
 # --- cancel -------------------------------------------------------------------------------------
 
 
