@@ -5,7 +5,6 @@ interface of the store."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -63,9 +62,9 @@ def caller_reason(payment_id: UUID) -> str:
 
 
 class JobFailure(jobs.JobFailure):
-    """A payment job's failure: `payment_id`, `request_id` and `context` go into its log
-    lines; `public_message` is what the caller may read instead of `caller_reason` (a
-    card decline)."""
+    """A payment job's failure: `payment_id` and `request_id` go into its log lines;
+    `public_message` is what the caller may read instead of `caller_reason` (a card
+    decline)."""
 
     def __init__(
         self,
@@ -75,13 +74,12 @@ class JobFailure(jobs.JobFailure):
         payment_id: UUID | None = None,
         request_id: str | None = None,
         public_message: str | None = None,
-        context: Mapping[str, str | None] | None = None,
     ) -> None:
         super().__init__(
             message,
             permanent=permanent,
             caller_message=public_message,
-            context={**(context or {}), **_log_context(payment_id, request_id)},
+            context=_log_context(payment_id, request_id),
         )
         self.payment_id = payment_id
 
@@ -101,8 +99,11 @@ class IntentMaker:
     intent: both walk the same keys and generations from the payment's creation, so the
     cancel gets the very intent the create job made or is making, never a second one."""
 
-    def __init__(self, gateway: StripeGateway) -> None:
+    def __init__(self, gateway: StripeGateway, *, accept_canceled: bool = False) -> None:
         self._gateway = gateway
+        # A canceled intent found for the payment is the cancel's own earlier work, to be
+        # finished; for a create it is no intent to pay.
+        self._accept_canceled = accept_canceled
 
     def obtain(self, payment: Payment, job: Job, first_attempt: datetime) -> PaymentIntent:
         """Creates the intent, or adopts the one Stripe already has for this payment.
@@ -149,7 +150,8 @@ class IntentMaker:
                 extra={"payment_id": str(payment.id), "intents": [i.id for i in found]},
             )
         wanted = (payment.amount, payment.currency.lower())
-        if (intent.amount, intent.currency.lower()) != wanted or intent.status == "canceled":
+        canceled = intent.status == "canceled" and not self._accept_canceled
+        if (intent.amount, intent.currency.lower()) != wanted or canceled:
             raise JobFailure(
                 f"PaymentIntent {intent.id} with metadata.payment_id {payment.id} is "
                 f"{intent.amount} {intent.currency} ({intent.status}), the payment "
@@ -211,7 +213,13 @@ class CreatePaymentIntent:
         if payment.status != "pending_intent":
             # Already answered (or cancelled): nothing to create, never twice.
             return Done(payment_id=payment.id)
-        check_currency(payment, self._currency)
+        if payment.currency != self._currency:
+            raise JobFailure(
+                f"payment is in {payment.currency} but this worker charges in "
+                f"{self._currency} (PAYMENT_CURRENCY); not charged",
+                permanent=True,
+                payment_id=payment.id,
+            )
         try:
             return Done(
                 payment_id=payment.id, intent=self._maker.obtain(payment, job, job.created_at)
@@ -224,17 +232,6 @@ class CreatePaymentIntent:
                 request_id=exc.request_id,
                 public_message=exc.public_message,
             ) from exc
-
-
-def check_currency(payment: Payment, currency: str) -> None:
-    """Refuses a payment in another currency than the worker's (PAYMENT_CURRENCY)."""
-    if payment.currency != currency:
-        raise JobFailure(
-            f"payment is in {payment.currency} but this worker charges in "
-            f"{currency} (PAYMENT_CURRENCY); not charged",
-            permanent=True,
-            payment_id=payment.id,
-        )
 
 
 class ApplyPaymentIntent:
@@ -353,7 +350,8 @@ def register(kinds: jobs.Kinds, payments: Store, gateway: StripeGateway, currenc
     kinds.register(handler.kind, handler.run, given_up=PAYMENT_GIVEN_UP)
     capture = operations.CapturePayment(payments, gateway)
     kinds.register(capture.kind, capture.run, given_up=operations.OPERATION_GIVEN_UP)
-    cancel = operations.CancelPayment(payments, gateway, IntentMaker(gateway).obtain, currency)
+    obtain = IntentMaker(gateway, accept_canceled=True).obtain
+    cancel = operations.CancelPayment(payments, gateway, obtain, currency)
     kinds.register(cancel.kind, cancel.run, given_up=operations.OPERATION_GIVEN_UP)
     refund = operations.CreateRefund(payments, gateway)
     kinds.register(refund.kind, refund.run, given_up=operations.REFUND_GIVEN_UP)

@@ -104,7 +104,7 @@ def attacker(conn: psycopg.Connection, login_role: MakeRole) -> Iterator[str]:
         ),
         ("SELECT payments.writer_payment_get('{uuid}', NULL)", "only the payment RPCs"),
         (
-            "SELECT payments.writer_request('[\"refund\", \"{uuid}\", \"{uuid}\", 100, null,"
+            'SELECT payments.writer_request(\'["refund", "{uuid}", "{uuid}", 100, null,'
             " \"x\", null, true]', repeat('0', 64))",
             "only the payment RPCs",
         ),
