@@ -1,7 +1,7 @@
 """`make bench`: every measurement of issue 5 in one run, one table, the run's RESULTS.md.
 
-    scripts/with-env.sh .venv/bin/python -m bench [--quick] [--only rpc,noop,...,events]
-        [--record]
+    scripts/with-env.sh .venv/bin/python -m bench [--quick]
+        [--only rpc,noop,...,events,operations] [--record]
 
 The run's RESULTS.md goes beside its raw results in bench/.runs/<time>/ (the path is
 printed); --record (`make bench BENCH_RECORD=1`) also rewrites the committed
@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 from stripe_standin.process import StandinProcess
 
-from bench import event_apply, peers_venv, report, rpc_latency, throughput, webhooks
+from bench import event_apply, operations, peers_venv, report, rpc_latency, throughput, webhooks
 from bench.common import BENCH_DIR, ROOT, admin_url, as_login, database_url
 from bench.supervised import BenchSupervisord
 
@@ -285,6 +285,30 @@ def section_events(create: Any, args: argparse.Namespace, runs: Path) -> dict[st
     return result
 
 
+def section_operations(create: Any, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
+    dsn = create("operations", template="tpl")
+    with (
+        worker_login(("payment_webhook",), suffix="operations_webhook") as webhook,
+        worker_login(("payment_operator",), suffix="operator") as operator,
+    ):
+        log(
+            f"operations: {args.operation_calls} capture_payment then as many refund_payment"
+            f" calls in a row, stand-in at 0 ms, {operations.WORKERS} worker"
+        )
+        result: dict[str, Any] = operations.run(
+            dsn,
+            as_login(dsn, *args.worker_login),
+            as_login(dsn, *webhook),
+            as_login(dsn, *operator),
+            runs / "operations",
+            calls=args.operation_calls,
+        )
+    for name in ("capture", "refund"):
+        s = result[f"{name}_ms"]
+        log(f"  {name}_payment p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms")
+    return result
+
+
 # --- environment --------------------------------------------------------------------------
 
 
@@ -369,7 +393,7 @@ def other_load() -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny runs, to check the harness")
-    parser.add_argument("--only", default="rpc,noop,throughput,webhooks,events")
+    parser.add_argument("--only", default="rpc,noop,throughput,webhooks,events,operations")
     parser.add_argument(
         "--results", help="where to write the run's RESULTS.md (default: its bench/.runs/ dir)"
     )
@@ -392,8 +416,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.counts, args.warmup, args.duration = (1, 2, 4, 8), 3.0, 8.0
     args.sustained_workers, args.sustained_warmup, args.sustained = 8, 5.0, 60.0
     args.webhook_warmup, args.webhook_duration = 3.0, 20.0
+    args.operation_calls = operations.CALLS
     if args.quick:
         args.webhook_warmup, args.webhook_duration = 1.0, 3.0
+        args.operation_calls = 30
         args.rpc_calls, args.noop_jobs, args.latency_jobs = 100, 1000, 50
         args.counts, args.warmup, args.duration = (1, 2), 1.0, 3.0
         args.sustained_workers, args.sustained_warmup, args.sustained = 2, 1.0, 5.0
@@ -429,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             results["webhooks"] = section_webhooks(create, args, runs)
         if "events" in args.only:
             results["events"] = section_events(create, args, runs)
+        if "operations" in args.only:
+            results["operations"] = section_operations(create, args, runs)
     results["load_after"] = other_load()
     results["environment"] = environment(results.get("noop"))
     results["runtime_s"] = time.monotonic() - started

@@ -154,6 +154,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         from bench import event_apply
 
         out += event_apply.rows(results["events"])
+    if results.get("operations"):
+        from bench import operations
+
+        out += operations.rows(results["operations"])
     return out
 
 
@@ -228,6 +232,14 @@ for every process of the machine) or `perf_counter()` within a process.
    durably completed (ours `completed`, procrastinate `succeeded`, pgqueuer: deleted
    from its queue table, which it does when its batched completion log is written),
    polled every 20 ms. Then the wake-up run above, with the same workers.
+7. **Capture and refund latency** (`bench/operations.py`): the real supervisord (one
+   worker, the webhook receiver), the stand-in at 0 ms delivering its webhooks.
+   Untimed setup: manual-capture and automatic payments paid by card and followed
+   through the event path to `requires_capture` and `succeeded`. Then, as in 1, no
+   webhooks (delivery switched off, the queue drained) and, on one connection of a
+   `payment_operator` login, sequential `capture_payment(id)` calls
+   (each a full capture) and sequential `refund_payment(id, 1000)` calls, each timed
+   in-process from `execute()` to the row in hand; 10 untimed warm-up calls of each.
 
 The supervisord of the runs is the repo's `supervisord.conf` with only its control
 socket, pidfile and metrics directory moved into a temporary directory, so that a

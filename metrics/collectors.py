@@ -22,8 +22,8 @@ PREFIX = "payment_worker_"
 
 
 class DatabaseCollector(Collector):
-    """Queue depth, the oldest waiting job, recent and open payments and unapplied Stripe
-    events, read at scrape time."""
+    """Queue depth, the oldest waiting job, recent and open payments, unapplied Stripe
+    events, expiring authorisations and open refunds, read at scrape time."""
 
     def __init__(self, reader: DatabaseReader) -> None:
         self._reader = reader
@@ -84,6 +84,26 @@ class DatabaseCollector(Collector):
         for status, count in snapshot.payments_open:
             open_payments.add_metric([status], count)
         yield open_payments
+        expiring = GaugeMetricFamily(
+            PREFIX + "authorizations_expiring",
+            "Payments in requires_capture whose authorisation expires within 24 hours.",
+        )
+        expiring.add_metric([], snapshot.authorizations_expiring)
+        yield expiring
+        expiry = GaugeMetricFamily(
+            PREFIX + "authorization_expiry_seconds",
+            "Seconds until the soonest of those authorisations expires (0 when none does).",
+        )
+        expiry.add_metric([], snapshot.authorization_expiry_seconds)
+        yield expiry
+        refunds = GaugeMetricFamily(
+            PREFIX + "refunds_open",
+            "Refunds Stripe has not finished (pending_refund, pending, requires_action).",
+            labels=["status"],
+        )
+        for status, count in snapshot.refunds_open:
+            refunds.add_metric([status], count)
+        yield refunds
 
 
 def build_registry(reader: DatabaseReader, multiproc_dir: Path | None) -> CollectorRegistry:

@@ -11,6 +11,8 @@ import psycopg
 from common import sqlfiles
 
 Q = sqlfiles.load("metrics.sql")
+#: "Expiring" authorisations are those Stripe cancels within a day.
+EXPIRING_WITHIN_SECONDS = 24 * 60 * 60.0
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class DatabaseSnapshot:
     events_unapplied: int = 0
     oldest_unapplied_event_age: float = 0.0
     payments_open: list[tuple[str, int]] = field(default_factory=list)
+    authorizations_expiring: int = 0
+    authorization_expiry_seconds: float = 0.0
+    refunds_open: list[tuple[str, int]] = field(default_factory=list)
 
 
 class DatabaseReader:
@@ -38,6 +43,10 @@ class DatabaseReader:
             try:
                 unapplied = conn.execute(Q["stripe_events_unapplied"]).fetchone()
                 assert unapplied is not None
+                expiring = conn.execute(
+                    Q["authorizations_expiring"], {"within": EXPIRING_WITHIN_SECONDS}
+                ).fetchone()
+                assert expiring is not None
                 return DatabaseSnapshot(
                     jobs=[(q, k, s, int(n)) for q, k, s, n in conn.execute(Q["jobs_unfinished"])],
                     oldest_available=[
@@ -48,6 +57,11 @@ class DatabaseReader:
                     oldest_unapplied_event_age=float(unapplied[1]),
                     payments_open=[
                         (s, int(n)) for s, n in conn.execute(Q["payments_open_by_status"])
+                    ],
+                    authorizations_expiring=int(expiring[0]),
+                    authorization_expiry_seconds=float(expiring[1]),
+                    refunds_open=[
+                        (s, int(n)) for s, n in conn.execute(Q["refunds_open_by_status"])
                     ],
                 )
             except psycopg.OperationalError:

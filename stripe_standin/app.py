@@ -15,6 +15,10 @@ Order of work for one API request:
    charges and refunds (latency, lookup);
 5. ``lose_response``: the work is done and saved, then the connection is closed unanswered.
 
+Every PaymentIntent answer (create, retrieve, confirm, capture, cancel, search) honours
+``expand[]=latest_charge`` (:mod:`stripe_standin.expand`), its paths checked with the other
+parameters, before anything is done.
+
 Like Stripe, a create saves its result once it began executing (after its key was claimed
 and its parameters validated), a 500 included unless ``save_5xx`` is off; a request that
 failed validation, conflicted with one in flight or was cut before executing saves nothing.
@@ -38,6 +42,7 @@ from stripe_standin import errors, stats
 from stripe_standin.config import StandinConfig
 from stripe_standin.errors import StripeError
 from stripe_standin.events import EventStore, Origin
+from stripe_standin.expand import expand_intent, intent_paths
 from stripe_standin.faults import Fault, FaultInjector, Script
 from stripe_standin.flow import Flow
 from stripe_standin.intents import build_payment_intent, new_request_id
@@ -52,6 +57,7 @@ from stripe_standin.webhooks import WebhookDeliverer
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_SEARCH_LIMIT = 100
+RETRIEVE_PARAMS = frozenset({"client_secret", "expand"})
 _RETRIEVE_PATH = re.compile(r"^/v1/payment_intents/([^/]+)$")
 _ACTION_PATH = re.compile(r"^/v1/payment_intents/([^/]+)/(confirm|cancel|capture)$")
 _EVENT_PATH = re.compile(r"^/v1/events/([^/]+)$")
@@ -310,8 +316,9 @@ class StandinApp:
             return self._list_events(request.query, request_id, headers)
         if route == stats.REFUND_LIST:
             return self._list_refunds(request.query, request_id, headers)
+        if route == stats.RETRIEVE and object_id is not None:
+            return self._retrieve(object_id, request.query, request_id, headers)
         retrieve = {
-            stats.RETRIEVE: self._retrieve,
             stats.EVENT: self._retrieve_event,
             stats.CHARGE: self._retrieve_charge,
             stats.REFUND: self._retrieve_refund,
@@ -396,7 +403,9 @@ class StandinApp:
         then_5xx = Fault.CREATE_THEN_5XX in (scripted, fault)
 
         try:
-            params = validate_create(decode_form(body))
+            form = decode_form(body)
+            params = validate_create(form)
+            paths = intent_paths(form)
         except StripeError as error:
             return self._error(error, request_id, headers)
         if fault is Fault.FAIL_5XX:
@@ -413,7 +422,8 @@ class StandinApp:
                 self.stats.fault(fault.value)
             note = f"created {intent['id']}, then 500"
             return self._server_error(errors.api_error(), where, note=note)
-        response = self._json(200, intent, headers, note=f"created {intent['id']}")
+        answer = expand_intent(intent, paths, self.flow.charge)
+        response = self._json(200, answer, headers, note=f"created {intent['id']}")
         if key is not None:
             stored = StoredResponse(response.status, response.body, request_id)
             self.idempotency.complete(scope, key, stored)
@@ -443,6 +453,7 @@ class StandinApp:
         where = _Saving(key, scope, request_id, headers)
         try:
             form = decode_form(body)
+            paths = intent_paths(form) if route != stats.REFUND_CREATE else ()
         except StripeError as error:
             return self._error(error, request_id, headers)
         if fault is Fault.FAIL_5XX:
@@ -471,7 +482,9 @@ class StandinApp:
             self._save(where, response)
             return response
         self.stats.event(f"payment_intents_{verb}")
-        return self._answer_action(intent, f"{verb} {intent_id}: {intent['status']}", where, fault)
+        note = f"{verb} {intent_id}: {intent['status']}"
+        answer = expand_intent(intent, paths, self.flow.charge)
+        return self._answer_action(answer, note, where, fault)
 
     def _answer_action(
         self, result: dict[str, Any], note: str, where: _Saving, fault: Fault | None
@@ -580,8 +593,11 @@ class StandinApp:
         """``GET /v1/payment_intents/search`` for ``metadata['k']:'v'`` queries only."""
         params = dict(parse_pairs(query))
         try:
+            paths = intent_paths(decode_form(query), listed=True)
             key, value = parse_metadata_query(params.get("query"))
             limit = _search_limit(params.get("limit"))
+        except StripeError as error:
+            return self._error(error, request_id, headers)
         except SearchQueryError as exc:
             return self._error(
                 errors.invalid_request(str(exc), param=exc.param), request_id, headers
@@ -591,19 +607,30 @@ class StandinApp:
         self.stats.event("searches")
         data = {
             "object": "search_result",
-            "data": found[:limit],
+            "data": [expand_intent(i, paths, self.flow.charge) for i in found[:limit]],
             "has_more": len(found) > limit,
             "next_page": None,
             "url": "/v1/payment_intents/search",
         }
         return self._json(200, data, headers)
 
-    def _retrieve(self, intent_id: str, request_id: str, headers: dict[str, str]) -> Response:
+    def _retrieve(
+        self, intent_id: str, query: str, request_id: str, headers: dict[str, str]
+    ) -> Response:
+        """``GET /v1/payment_intents/{id}``; its parameters are checked before the lookup."""
+        try:
+            form = decode_form(query)
+            for name in form:
+                if name not in RETRIEVE_PARAMS:
+                    raise errors.unknown_param(name)
+            paths = intent_paths(form)
+        except StripeError as error:
+            return self._error(error, request_id, headers)
         intent = self.intents.get(intent_id)
         if intent is None:
-            error = errors.resource_missing("payment_intent", intent_id, "intent")
-            return self._error(error, request_id, headers)
-        return self._json(200, intent, headers)
+            missing = errors.resource_missing("payment_intent", intent_id, "intent")
+            return self._error(missing, request_id, headers)
+        return self._json(200, expand_intent(intent, paths, self.flow.charge), headers)
 
     # --- helpers -----------------------------------------------------------------------------
 

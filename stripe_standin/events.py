@@ -176,6 +176,16 @@ class ListQuery:
         return not self.types or any(fnmatch.fnmatchcase(event["type"], t) for t in self.types)
 
 
+def created_bounds(raw: Any) -> tuple[tuple[str, int], ...]:
+    """A list's checked ``created`` filter (a timestamp, or a hash of gt/gte/lt/lte)."""
+    return _created(raw)
+
+
+def within_bounds(created: int, bounds: tuple[tuple[str, int], ...]) -> bool:
+    """Whether ``created`` passes every bound."""
+    return all(_compare(op, created, bound) for op, bound in bounds)
+
+
 def _compare(op: str, value: int, bound: int) -> bool:
     if op == "gt":
         return value > bound

@@ -31,9 +31,10 @@ from typing import Any
 
 from stripe_standin import errors
 from stripe_standin.currencies import format_amount
-from stripe_standin.events import EventStore, Origin
-from stripe_standin.flow import Flow, _merge_metadata
+from stripe_standin.events import EventStore, Origin, created_bounds, within_bounds
+from stripe_standin.flow import Flow
 from stripe_standin.intents import random_token
+from stripe_standin.validation import validate_metadata
 
 REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 FAILURE_REASONS = (
@@ -47,7 +48,7 @@ FAILURE_REASONS = (
 )
 CREATE_PARAMS = frozenset({"amount", "charge", "expand", "metadata", "payment_intent", "reason"})
 LIST_PARAMS = frozenset(
-    {"charge", "ending_before", "expand", "limit", "payment_intent", "starting_after"}
+    {"charge", "created", "ending_before", "expand", "limit", "payment_intent", "starting_after"}
 )
 MAX_LIST_LIMIT = 100
 #: Statuses whose amount counts against what is left to refund.
@@ -119,9 +120,7 @@ class Refunds:
                 "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
                 param="reason",
             )
-        metadata = form.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise errors.invalid_request("Invalid object", param="metadata")
+        metadata = validate_metadata(form.get("metadata"))
         charge_id = self._charge_id(form)
         with self._charge_lock(charge_id):
             charge = self._flow.charge(charge_id)
@@ -158,7 +157,7 @@ class Refunds:
                 "currency": charge["currency"],
                 "destination_details": None,
                 "failure_reason": None,
-                "metadata": {},
+                "metadata": metadata,
                 "payment_intent": charge["payment_intent"],
                 "reason": reason,
                 "receipt_number": None,
@@ -166,8 +165,6 @@ class Refunds:
                 "status": "pending" if self.pending else "succeeded",
                 "transfer_reversal": None,
             }
-            if metadata:
-                _merge_metadata(refund["metadata"], metadata)
             with self._lock:
                 self._refunds[refund["id"]] = refund
                 snapshot = copy.deepcopy(refund)
@@ -177,12 +174,14 @@ class Refunds:
             return snapshot
 
     def list(self, form: dict[str, Any]) -> dict[str, Any]:
-        """``GET /v1/refunds``: newest first, by ``payment_intent`` or ``charge``, with
-        Stripe's ``limit`` and cursors."""
+        """``GET /v1/refunds``: newest first, by ``payment_intent`` or ``charge`` and
+        ``created`` (a timestamp or ``created[gt|gte|lt|lte]``), with Stripe's ``limit`` and
+        cursors."""
         for name in form:
             if name not in LIST_PARAMS:
                 raise errors.unknown_param(name)
         limit = _limit(form.get("limit"))
+        created = created_bounds(form.get("created"))
         if "starting_after" in form and "ending_before" in form:
             raise errors.invalid_request(
                 "You may only specify one of these parameters: ending_before, starting_after.",
@@ -194,6 +193,7 @@ class Refunds:
             wanted = form.get(name)
             if wanted is not None:
                 newest_first = [r for r in newest_first if r[name] == wanted]
+        newest_first = [r for r in newest_first if within_bounds(int(r["created"]), created)]
         if "starting_after" in form:
             at = _position(form["starting_after"], newest_first, "starting_after")
             rest = newest_first[at + 1 :]

@@ -170,6 +170,11 @@ def _enum(form: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str | No
     return value
 
 
+def validate_metadata(raw: Any) -> dict[str, str]:
+    """A create's ``metadata`` with Stripe's limits (50 keys, 40/500 characters, strings)."""
+    return _metadata(raw)
+
+
 def _metadata(raw: Any) -> dict[str, str]:
     if raw is None or raw == "":
         return {}

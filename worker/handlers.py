@@ -5,13 +5,13 @@ interface of the store."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol
 from uuid import UUID
 
-from worker import jobs, telemetry
+from worker import jobs, operations, telemetry
 from worker.models import Job, LifecycleJob, Observation, ObservedIntent, Payment, PaymentIntent
 from worker.stripe_gateway import StripeFailure, StripeGateway, key_generation
 
@@ -92,6 +92,94 @@ class Done:
     intent: PaymentIntent | None = None
 
 
+class IntentMaker:
+    """Obtains a payment's PaymentIntent: creates it, or adopts the one Stripe already has.
+
+    The create job uses it, and so does the cancel of a payment still waiting for its
+    intent: both walk the same keys and generations from the payment's creation, so the
+    cancel gets the very intent the create job made or is making, never a second one."""
+
+    def __init__(self, gateway: StripeGateway, *, accept_canceled: bool = False) -> None:
+        self._gateway = gateway
+        # A canceled intent found for the payment is the cancel's own earlier work, to be
+        # finished; for a create it is no intent to pay.
+        self._accept_canceled = accept_canceled
+
+    def obtain(self, payment: Payment, job: Job, first_attempt: datetime) -> PaymentIntent:
+        """Creates the intent, or adopts the one Stripe already has for this payment.
+
+        A key may hide an intent in two ways: Stripe forgot it (over 24 h since the first
+        attempt: a new generation's key, so search first) or it saved a 5xx (every retry
+        gets that 500 back: search, then the next generation's key). Each generation's key
+        is fixed, so a later attempt walking the same keys gets Stripe's replays. Raises
+        StripeFailure, or JobFailure when what Stripe has is not the payment's.
+
+        `first_attempt` starts the generations: the create job's creation, which is the
+        payment's (they are inserted in one transaction)."""
+        generation = key_generation(first_attempt, datetime.now(UTC))
+        if generation > 0 and (adopted := self._adopt(payment)) is not None:
+            return adopted
+        searched = False
+        for _ in range(MAX_KEYS_PER_ATTEMPT):
+            try:
+                return self._gateway.create_payment_intent(payment, generation)
+            except StripeFailure as exc:
+                failure, searched = exc, False
+                if not exc.replayed_server_error:
+                    break
+                if (adopted := self._adopt(payment)) is not None:
+                    return adopted
+                searched = True
+                generation += 1
+        # About to give up: a lost answer may have made the intent all the same.
+        giving_up = not failure.permanent and job.attempt >= job.max_attempts
+        if giving_up and not searched and (adopted := self._adopt(payment)) is not None:
+            return adopted
+        raise failure
+
+    def _adopt(self, payment: Payment) -> PaymentIntent | None:
+        """The payment's intent if Stripe has one (the oldest, if several) and it is what
+        the payment asked for; None when there is none. Never creates anything."""
+        found = sorted(self._gateway.find_payment_intents(payment), key=lambda i: i.created)
+        if not found:
+            return None
+        intent = found[0]
+        if len(found) > 1:
+            log.warning(
+                "several PaymentIntents for one payment; the oldest is adopted",
+                extra={"payment_id": str(payment.id), "intents": [i.id for i in found]},
+            )
+        wanted = (payment.amount, payment.currency.lower())
+        canceled = intent.status == "canceled" and not self._accept_canceled
+        if (intent.amount, intent.currency.lower()) != wanted or canceled:
+            raise JobFailure(
+                f"PaymentIntent {intent.id} with metadata.payment_id {payment.id} is "
+                f"{intent.amount} {intent.currency} ({intent.status}), the payment "
+                f"{payment.amount} {payment.currency.lower()}: not adopted and no other "
+                "created, so nothing is charged twice; reconcile it in Stripe",
+                permanent=True,
+                payment_id=payment.id,
+                request_id=intent.request_id,
+            )
+        if intent.client_secret is None:
+            raise StripeFailure(
+                f"PaymentIntent {intent.id} was found without its client_secret",
+                permanent=False,
+                kind="api_error",
+                request_id=intent.request_id,
+            )
+        log.info(
+            "existing PaymentIntent adopted",
+            extra={"payment_id": str(payment.id), "provider_payment_id": intent.id},
+        )
+        return PaymentIntent(
+            payment_id=payment.id,
+            provider_payment_id=intent.id,
+            client_secret=intent.client_secret,
+            request_id=intent.request_id,
+        )
+
+
 class CreatePaymentIntent:
     """kind `create_payment_intent`, args `{"payment_id": uuid}`."""
 
@@ -99,7 +187,7 @@ class CreatePaymentIntent:
 
     def __init__(self, payments: PaymentStore, gateway: StripeGateway, currency: str) -> None:
         self._payments = payments
-        self._gateway = gateway
+        self._maker = IntentMaker(gateway)
         self._currency = currency
 
     def run(self, job: Job) -> jobs.Done:
@@ -133,7 +221,9 @@ class CreatePaymentIntent:
                 payment_id=payment.id,
             )
         try:
-            return self._create_or_adopt(job, payment)
+            return Done(
+                payment_id=payment.id, intent=self._maker.obtain(payment, job, job.created_at)
+            )
         except StripeFailure as exc:
             raise JobFailure(
                 exc.message,
@@ -142,78 +232,6 @@ class CreatePaymentIntent:
                 request_id=exc.request_id,
                 public_message=exc.public_message,
             ) from exc
-
-    def _create_or_adopt(self, job: Job, payment: Payment) -> Done:
-        """Creates the intent, or adopts the one Stripe already has for this payment.
-
-        A key may hide an intent in two ways: Stripe forgot it (over 24 h since the first
-        attempt: a new generation's key, so search first) or it saved a 5xx (every retry
-        gets that 500 back: search, then the next generation's key). Each generation's key
-        is fixed, so a later attempt walking the same keys gets Stripe's replays."""
-        generation = key_generation(job.created_at, datetime.now(UTC))
-        if generation > 0 and (adopted := self._adopt(payment)) is not None:
-            return adopted
-        searched = False
-        for _ in range(MAX_KEYS_PER_ATTEMPT):
-            try:
-                intent = self._gateway.create_payment_intent(payment, generation)
-            except StripeFailure as exc:
-                failure, searched = exc, False
-                if not exc.replayed_server_error:
-                    break
-                if (adopted := self._adopt(payment)) is not None:
-                    return adopted
-                searched = True
-                generation += 1
-                continue
-            return Done(payment_id=payment.id, intent=intent)
-        # About to give up: a lost answer may have made the intent all the same.
-        giving_up = not failure.permanent and job.attempt >= job.max_attempts
-        if giving_up and not searched and (adopted := self._adopt(payment)) is not None:
-            return adopted
-        raise failure
-
-    def _adopt(self, payment: Payment) -> Done | None:
-        """The payment's intent if Stripe has one (the oldest, if several) and it is what
-        the payment asked for; None when there is none. Never creates anything."""
-        found = sorted(self._gateway.find_payment_intents(payment), key=lambda i: i.created)
-        if not found:
-            return None
-        intent = found[0]
-        if len(found) > 1:
-            log.warning(
-                "several PaymentIntents for one payment; the oldest is adopted",
-                extra={"payment_id": str(payment.id), "intents": [i.id for i in found]},
-            )
-        wanted = (payment.amount, payment.currency.lower())
-        if (intent.amount, intent.currency.lower()) != wanted or intent.status == "canceled":
-            raise JobFailure(
-                f"PaymentIntent {intent.id} with metadata.payment_id {payment.id} is "
-                f"{intent.amount} {intent.currency} ({intent.status}), the payment "
-                f"{payment.amount} {payment.currency.lower()}: not adopted and no other "
-                "created, so nothing is charged twice; reconcile it in Stripe",
-                permanent=True,
-                payment_id=payment.id,
-                request_id=intent.request_id,
-            )
-        if intent.client_secret is None:
-            raise StripeFailure(
-                f"PaymentIntent {intent.id} was found without its client_secret",
-                permanent=False,
-                kind="api_error",
-                request_id=intent.request_id,
-            )
-        log.info(
-            "existing PaymentIntent adopted",
-            extra={"payment_id": str(payment.id), "provider_payment_id": intent.id},
-        )
-        adopted = PaymentIntent(
-            payment_id=payment.id,
-            provider_payment_id=intent.id,
-            client_secret=intent.client_secret,
-            request_id=intent.request_id,
-        )
-        return Done(payment_id=payment.id, intent=adopted)
 
 
 class ApplyPaymentIntent:
@@ -260,6 +278,10 @@ class ApplyPaymentIntent:
         token = self._store.observation_token()
         try:
             intent = self._gateway.retrieve_payment_intent(intent_id)
+            if (intent.amount_received or 0) > 0 or intent.status == "succeeded":
+                # Money taken may have gone back: its refunds, a dashboard's too.
+                refunds = tuple(self._gateway.list_refunds(intent_id))
+                intent = replace(intent, refunds=refunds)
         except StripeFailure as exc:
             if exc.not_found:
                 reason = f"Stripe has no PaymentIntent {intent_id}"
@@ -316,7 +338,9 @@ def _payment_id(job: Job) -> UUID:
         raise JobFailure(f"job args have no valid payment_id: {raw!r}", permanent=True) from None
 
 
-class Store(PaymentStore, LifecycleStore, Protocol):
+class Store(
+    PaymentStore, LifecycleStore, operations.OperationStore, operations.RefundStore, Protocol
+):
     pass
 
 
@@ -324,6 +348,13 @@ def register(kinds: jobs.Kinds, payments: Store, gateway: StripeGateway, currenc
     """The payment kinds, each with its work and its given-up effect."""
     handler = CreatePaymentIntent(payments, gateway, currency)
     kinds.register(handler.kind, handler.run, given_up=PAYMENT_GIVEN_UP)
+    capture = operations.CapturePayment(payments, gateway)
+    kinds.register(capture.kind, capture.run, given_up=operations.OPERATION_GIVEN_UP)
+    obtain = IntentMaker(gateway, accept_canceled=True).obtain
+    cancel = operations.CancelPayment(payments, gateway, obtain, currency)
+    kinds.register(cancel.kind, cancel.run, given_up=operations.OPERATION_GIVEN_UP)
+    refund = operations.CreateRefund(payments, gateway)
+    kinds.register(refund.kind, refund.run, given_up=operations.REFUND_GIVEN_UP)
     apply = ApplyPaymentIntent("apply_stripe_event", payments, gateway)
     kinds.register(apply.kind, apply.run, given_up=EVENT_GIVEN_UP)
     sync = ApplyPaymentIntent("sync_payment", payments, gateway)

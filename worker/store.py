@@ -21,9 +21,14 @@ from worker.models import (
     LifecycleJob,
     Observation,
     ObservedIntent,
+    ObservedRefund,
+    OperationJob,
+    OperationResult,
     Payment,
     PaymentIntent,
     QueueSettings,
+    RefundJob,
+    RefundResult,
     RescuedJob,
 )
 from worker.queries import QUERIES as Q
@@ -368,9 +373,7 @@ class Store:
     def job_payment_observe(self, job: Job, token: datetime, intent: ObservedIntent) -> Observation:
         """Writes the observation (if newer than the stored one and a move Stripe
         makes), marks the job's event and completes the job, together."""
-        observed = asdict(intent)
-        observed.pop("request_id")
-        params = {**_held(job), "token": token, "intent": json.dumps(observed)}
+        params = {**_held(job), "token": token, "intent": json.dumps(intent_json(intent))}
         with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             row = cur.execute(Q["job_payment_observe"], params).fetchone()
@@ -401,6 +404,45 @@ class Store:
             row = conn.execute(Q["stripe_event_record"], params).fetchone()
         assert row is not None
         return str(row[0])
+
+    # --- capture, cancel and refunds (schema/deploy/payment_operations.sql) -------------------
+
+    def job_operation_get(self, job: Job) -> OperationJob | None:
+        """The job's capture or cancel operation and its payment, while this attempt
+        holds the job; else None."""
+        with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            row = cur.execute(Q["job_operation_get"], _held(job)).fetchone()
+        return None if row is None else OperationJob(**row)
+
+    def job_operation_finish(
+        self, job: Job, token: datetime, intent: ObservedIntent
+    ) -> OperationResult:
+        """Writes the intent on the payment, decides the operation, completes the job."""
+        params = {**_held(job), "token": token, "intent": json.dumps(intent_json(intent))}
+        with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            row = cur.execute(Q["job_operation_finish"], params).fetchone()
+        if row is None:
+            return OperationResult(False, None, None, None, None)
+        return OperationResult(**row)
+
+    def job_refund_get(self, job: Job) -> RefundJob | None:
+        """The job's refund and its payment's intent, while this attempt holds the job."""
+        with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            row = cur.execute(Q["job_refund_get"], _held(job)).fetchone()
+        return None if row is None else RefundJob(**row)
+
+    def job_refund_finish(self, job: Job, token: datetime, refund: ObservedRefund) -> RefundResult:
+        """Stores Stripe's refund on our row and completes the job."""
+        params = {**_held(job), "token": token, "refund": json.dumps(refund_json(refund))}
+        with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            row = cur.execute(Q["job_refund_finish"], params).fetchone()
+        if row is None:
+            return RefundResult(False, None, None)
+        return RefundResult(**row)
 
     # --- the backfill's position (schema/deploy/backfill_cursor.sql) ----------------------------
 
@@ -439,6 +481,24 @@ class Store:
         }
         rows = self._leader.execute(Q["backfill_pass_cut"], params)
         return bool(rows[0]["saved"])
+
+
+def intent_json(intent: ObservedIntent) -> dict[str, Any]:
+    """An observed intent as the schema's functions read it (p_intent): `refunds` is
+    absent when they were not looked at, else the list of them."""
+    observed = asdict(intent)
+    del observed["request_id"], observed["refunds"]
+    if intent.refunds is not None:
+        observed["refunds"] = [refund_json(r) for r in intent.refunds]
+    return observed
+
+
+def refund_json(refund: ObservedRefund) -> dict[str, Any]:
+    """A refund as the schema reads it: {id, status, amount, currency, reason,
+    failure_reason, metadata_refund_id, payment_intent}."""
+    shaped = asdict(refund)
+    shaped.pop("request_id")
+    return shaped
 
 
 def _held(job: Job) -> dict[str, Any]:

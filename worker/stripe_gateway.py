@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
+from uuid import UUID
 
 import stripe
-from stripe.params import PaymentIntentCreateParams
+from stripe.params import (
+    PaymentIntentCancelParams,
+    PaymentIntentCaptureParams,
+    PaymentIntentCreateParams,
+    RefundCreateParams,
+    RefundListParams,
+)
 
 from worker import telemetry
-from worker.models import ObservedIntent, Payment, PaymentIntent
+from worker.models import ObservedIntent, ObservedRefund, Payment, PaymentIntent, RefundJob
 
 _T = TypeVar("_T")
 
@@ -40,6 +47,13 @@ KEY_GENERATION_SECONDS = 23 * 3600.0
 # Waits before the retries within one attempt (Stripe's SDK uses the same).
 _RETRY_WAITS = (0.5, 1.0, 2.0, 2.0, 2.0)
 
+# Every intent we read comes with its latest charge: an authorisation's deadline
+# (capture_before) is on the charge's card details, not on the intent.
+_EXPAND_CHARGE = ["latest_charge"]
+
+# Pages of 100 refunds read for one intent at most (Stripe lists them newest first).
+_MAX_REFUND_PAGES = 20
+
 
 class StripeFailure(Exception):
     """A failed Stripe call; `message` is Stripe's own words, for the operator.
@@ -62,10 +76,15 @@ class StripeFailure(Exception):
         public_message: str | None = None,
         replayed_server_error: bool = False,
         not_found: bool = False,
+        refusal_message: str | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.public_message = public_message
+        # Stripe's words when it refused the request itself (a card error, an invalid
+        # request: "amount too large", "already captured"); None for a failure about our
+        # account or the network. An operator's operation shows them to its caller.
+        self.refusal_message = refusal_message
         self.permanent = permanent
         self.kind = kind
         self.request_id = request_id
@@ -105,6 +124,27 @@ def idempotency_key(payment: Payment, generation: int = 0) -> str:
     return base if generation == 0 else f"{base}:{generation}"
 
 
+def capture_key(operation_id: UUID, generation: int = 0) -> str:
+    """One capture operation, one capture at Stripe, however often it is asked. A key that
+    answers a saved 5xx is followed by the next generation's (`…:<g>`): the intent's own
+    state keeps it to one capture (an intent captured already refuses another)."""
+    base = f"payment-worker:capture_payment:{operation_id}"
+    return base if generation == 0 else f"{base}:{generation}"
+
+
+def cancel_key(operation_id: UUID, intent_id: str, generation: int = 0) -> str:
+    """Per intent too: an operation that finds the payment holds another intent than the
+    one it canceled cancels that one with a key of its own. Generations as capture_key's."""
+    base = f"payment-worker:cancel_payment:{operation_id}:{intent_id}"
+    return base if generation == 0 else f"{base}:{generation}"
+
+
+def refund_key(refund_id: UUID, generation: int = 0) -> str:
+    """As the create key: fixed per generation, a new one every 23 h (key_generation)."""
+    base = f"payment-worker:create_refund:{refund_id}"
+    return base if generation == 0 else f"{base}:{generation}"
+
+
 def key_generation(first_attempt: datetime, now: datetime) -> int:
     """Which generation's key a payment whose first attempt was at `first_attempt` uses:
     a new one every 23 h, so none is ever sent when it may be 24 h old."""
@@ -140,6 +180,9 @@ class StripeGateway:
         }
         if payment.description is not None:
             params["description"] = payment.description
+        if payment.capture_method == "manual":
+            # Authorised only: a capture_payment job takes the money later.
+            params["capture_method"] = "manual"
         retry = 0
         while True:
             try:
@@ -156,26 +199,94 @@ class StripeGateway:
     def retrieve_payment_intent(self, intent_id: str) -> ObservedIntent:
         """The PaymentIntent as Stripe has it now, retried at once like a create. A 404
         raises StripeFailure with `not_found`."""
-        intent = self._retrying(partial(self._retrieve_once, intent_id))
-        error = intent.last_payment_error
-        metadata: Any = intent.metadata or {}
-        return ObservedIntent(
-            id=intent.id,
-            status=str(intent.status),
-            amount=int(intent.amount),
-            currency=str(intent.currency),
-            amount_received=None if intent.amount_received is None else int(intent.amount_received),
-            metadata_payment_id=str(metadata["payment_id"]) if "payment_id" in metadata else None,
-            last_payment_error=None
-            if error is None
-            else {
-                "message": error.message if "message" in error else None,
-                "code": error.code if "code" in error else None,
-                "decline_code": error.decline_code if "decline_code" in error else None,
-            },
-            client_secret=intent.client_secret,
-            request_id=intent.last_response.request_id if intent.last_response else None,
+        return observed_intent(self._retrying(partial(self._retrieve_once, intent_id)))
+
+    def capture_payment_intent(
+        self,
+        intent_id: str,
+        amount_to_capture: int | None,
+        operation_id: UUID,
+        generation: int = 0,
+    ) -> ObservedIntent:
+        """Captures the authorisation: all that is capturable (None), or that much, the
+        rest released. Retried at once like a create, with the operation's key."""
+        params: PaymentIntentCaptureParams = {"expand": _EXPAND_CHARGE}
+        if amount_to_capture is not None:
+            params["amount_to_capture"] = amount_to_capture
+        options: stripe.RequestOptions = {"idempotency_key": capture_key(operation_id, generation)}
+
+        def capture() -> stripe.PaymentIntent:
+            with _measured("capture_payment_intent"):
+                return self._client.v1.payment_intents.capture(intent_id, params, options)
+
+        return observed_intent(self._retrying(capture))
+
+    def cancel_payment_intent(
+        self, intent_id: str, reason: str | None, operation_id: UUID, generation: int = 0
+    ) -> ObservedIntent:
+        """Cancels the intent (an authorisation is released), with Stripe's
+        cancellation_reason if given. Retried at once like a create."""
+        params: PaymentIntentCancelParams = {"expand": _EXPAND_CHARGE}
+        if reason is not None:
+            params["cancellation_reason"] = reason
+        options: stripe.RequestOptions = {
+            "idempotency_key": cancel_key(operation_id, intent_id, generation)
+        }
+
+        def cancel() -> stripe.PaymentIntent:
+            with _measured("cancel_payment_intent"):
+                return self._client.v1.payment_intents.cancel(intent_id, params, options)
+
+        return observed_intent(self._retrying(cancel))
+
+    def create_refund(self, refund: RefundJob, generation: int = 0) -> ObservedRefund:
+        """Refunds `refund.amount` of the payment's intent, our refund's id in its
+        metadata (list_refunds finds it by that). Retried at once like a create."""
+        if refund.provider_payment_id is None:
+            raise ValueError(f"refund {refund.refund_id}: its payment has no PaymentIntent")
+        params: RefundCreateParams = {
+            "payment_intent": refund.provider_payment_id,
+            "amount": refund.amount,
+            "metadata": {"refund_id": str(refund.refund_id), "payment_id": str(refund.payment_id)},
+        }
+        if refund.reason is not None:
+            params["reason"] = refund.reason
+        options: stripe.RequestOptions = {
+            "idempotency_key": refund_key(refund.refund_id, generation)
+        }
+
+        def create() -> stripe.Refund:
+            with _measured("create_refund"):
+                return self._client.v1.refunds.create(params, options)
+
+        created = self._retrying(create)
+        return observed_refund(created.to_dict(), _request_id(created))
+
+    def list_refunds(self, intent_id: str) -> list[ObservedRefund]:
+        """Every refund of the intent, newest first. Unlike search, Stripe's list is
+        strongly consistent: a refund just made is in it."""
+        refunds: list[ObservedRefund] = []
+        cursor: str | None = None
+        for _ in range(_MAX_REFUND_PAGES):
+            params: RefundListParams = {"payment_intent": intent_id, "limit": 100}
+            if cursor is not None:
+                params["starting_after"] = cursor
+            page = self._retrying(partial(self._list_refunds_page, params))
+            request_id = _request_id(page)
+            refunds.extend(observed_refund(item.to_dict(), request_id) for item in page.data)
+            if not page.has_more or not page.data:
+                return refunds
+            cursor = page.data[-1].id
+        raise StripeFailure(
+            f"PaymentIntent {intent_id} has more than {100 * _MAX_REFUND_PAGES} refunds",
+            permanent=True,
+            kind="too_many_refunds",
+            request_id=None,
         )
+
+    def _list_refunds_page(self, params: RefundListParams) -> Any:
+        with _measured("list_refunds"):
+            return self._client.v1.refunds.list(params)
 
     def list_events(
         self,
@@ -208,7 +319,7 @@ class StripeGateway:
 
     def _retrieve_once(self, intent_id: str) -> stripe.PaymentIntent:
         with _measured("retrieve_payment_intent"):
-            return self._client.v1.payment_intents.retrieve(intent_id)
+            return self._client.v1.payment_intents.retrieve(intent_id, {"expand": _EXPAND_CHARGE})
 
     def _retrying(self, call: Callable[[], _T]) -> _T:
         """A read, repeated at once after a momentary fault (as create is)."""
@@ -275,6 +386,71 @@ class StripeGateway:
         )
 
 
+def observed_intent(intent: stripe.PaymentIntent) -> ObservedIntent:
+    """What the lifecycle keeps of an intent Stripe answered with."""
+    return observed_intent_from(intent.to_dict(), _request_id(intent))
+
+
+def observed_intent_from(data: Mapping[str, Any], request_id: str | None) -> ObservedIntent:
+    """The same from the intent as a plain dict. `latest_charge` may be expanded (the
+    charge, with its card's capture_before) or only the charge's id."""
+    error = data.get("last_payment_error")
+    metadata = data.get("metadata") or {}
+    charge = data.get("latest_charge")
+    card = None
+    if isinstance(charge, Mapping):
+        card = (charge.get("payment_method_details") or {}).get("card")
+    capture_before = card.get("capture_before") if isinstance(card, Mapping) else None
+    return ObservedIntent(
+        id=str(data["id"]),
+        status=str(data["status"]),
+        amount=int(data["amount"]),
+        currency=str(data["currency"]),
+        amount_received=_int_or_none(data.get("amount_received")),
+        metadata_payment_id=str(metadata["payment_id"]) if "payment_id" in metadata else None,
+        last_payment_error=None
+        if not isinstance(error, Mapping)
+        else {
+            "message": error.get("message"),
+            "code": error.get("code"),
+            "decline_code": error.get("decline_code"),
+        },
+        client_secret=data.get("client_secret"),
+        request_id=request_id,
+        amount_capturable=_int_or_none(data.get("amount_capturable")),
+        capture_before=_int_or_none(capture_before),
+        cancellation_reason=data.get("cancellation_reason"),
+    )
+
+
+def observed_refund(data: Mapping[str, Any], request_id: str | None) -> ObservedRefund:
+    """What the worker keeps of a refund (a plain dict of Stripe's Refund)."""
+    metadata = data.get("metadata") or {}
+    intent = data.get("payment_intent")
+    if isinstance(intent, Mapping):  # expanded by whoever asked
+        intent = intent.get("id")
+    return ObservedRefund(
+        id=str(data["id"]),
+        status=str(data["status"]),
+        amount=int(data["amount"]),
+        currency=str(data["currency"]),
+        reason=data.get("reason"),
+        failure_reason=data.get("failure_reason"),
+        metadata_refund_id=str(metadata["refund_id"]) if "refund_id" in metadata else None,
+        payment_intent=None if intent is None else str(intent),
+        request_id=request_id,
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _request_id(answer: Any) -> str | None:
+    response = answer.last_response
+    return response.request_id if response is not None else None
+
+
 @contextmanager
 def _measured(operation: str) -> Iterator[None]:
     """One Stripe request: its duration by outcome, its error by SDK class, and an
@@ -327,4 +503,8 @@ def _failure(exc: stripe.StripeError) -> StripeFailure:
         public_message=exc.user_message if isinstance(exc, stripe.CardError) else None,
         replayed_server_error=replayed,
         not_found=status == 404,
+        # Stripe's refusal of the request itself, never of our key or permissions.
+        refusal_message=exc.user_message
+        if permanent and isinstance(exc, (stripe.CardError, stripe.InvalidRequestError))
+        else None,
     )

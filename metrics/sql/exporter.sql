@@ -27,3 +27,12 @@ SELECT events, oldest_age_seconds FROM payments.stripe_event_unapplied()
 -- name: payments_open_by_status
 -- Payments not yet final, whenever created; each open status has a row.
 SELECT status, payments FROM payments.payment_open_counts()
+
+-- name: authorizations_expiring
+-- Uncaptured authorisations whose capture_before is within the given seconds,
+-- and the seconds to the soonest (0 when none: the alert always has a series).
+SELECT payments, soonest_seconds FROM payments.payment_authorization_expiring(%(within)s)
+
+-- name: refunds_open_by_status
+-- Refunds Stripe has not finished; each open status has a row.
+SELECT status, refunds FROM payments.refund_open_counts()

@@ -48,6 +48,10 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "payment_worker_stripe_events_unapplied": (GAUGE, frozenset()),
     "payment_worker_oldest_unapplied_event_age_seconds": (GAUGE, frozenset()),
     "payment_worker_payments_open": (GAUGE, frozenset({"status"})),
+    # Deferred capture and refunds (issue 11).
+    "payment_worker_authorizations_expiring": (GAUGE, frozenset()),
+    "payment_worker_authorization_expiry_seconds": (GAUGE, frozenset()),
+    "payment_worker_refunds_open": (GAUGE, frozenset({"status"})),
 }
 # ... and of the webhook receiver (`python -m webhooks`), served by the same exporter from
 # the multiprocess files once the receiver has answered a request (none without

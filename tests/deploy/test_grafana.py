@@ -115,6 +115,9 @@ def panel_using(dashboard: dict[str, Any], metric: str) -> list[dict[str, Any]]:
         ("payment_worker_webhook_events_total", "by (outcome)"),
         ("payment_worker_webhook_rejections_total", "by (reason)"),
         ("payment_worker_webhook_request_seconds_bucket", "histogram_quantile(0.99,"),
+        ("payment_worker_authorizations_expiring", ""),
+        ("payment_worker_authorization_expiry_seconds", "min("),
+        ("payment_worker_refunds_open", "by (status)"),
     ],
 )
 def test_the_dashboard_shows(dashboard: dict[str, Any], metric: str, needle: str) -> None:

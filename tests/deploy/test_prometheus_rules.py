@@ -41,6 +41,7 @@ EXPECTED_ALERTS = {
     "PaymentLatencyP99High",
     "StripeEventsStuckUnapplied",
     "StripeWebhookSignatureRejections",
+    "PaymentAuthorizationsExpiring",
 }
 README_SECTIONS = {"Failure modes", "Troubleshooting"}
 

@@ -16,6 +16,15 @@ from psycopg_pool import ConnectionPool
 
 from stripe_standin.process import StandinProcess
 from tests import pg
+
+# The stand-in flows' own stand-in, webhooks and SDK (tests/integration/standin_flows.py).
+from tests.integration.standin_flows import (  # noqa: F401
+    hooked_admin,
+    hooked_client,
+    hooked_standin,
+    hooked_standin_process,
+    hooks,
+)
 from worker import handlers
 from worker.config import Config
 from worker.executor import JobExecutor

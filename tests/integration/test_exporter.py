@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -147,6 +148,69 @@ def test_unapplied_events_and_open_payments_are_read_at_scrape_time(
         ("requires_capture", 0),
     ]:
         assert f'payment_worker_payments_open{{status="{status}"}} {count}.0' in lines
+
+
+def authorized(conn: psycopg.Connection, capture_before: str | None) -> UUID:
+    """A manual-capture payment waiting for capture, its deadline `capture_before` from now."""
+    row = conn.execute(
+        "INSERT INTO payments.transactions (amount, currency, capture_method)"
+        " VALUES (2500, 'USD', 'manual') RETURNING id"
+    ).fetchone()
+    assert row is not None
+    payment_id: UUID = row[0]
+    conn.execute(
+        "UPDATE payments.transactions SET status = 'requires_capture',"
+        " provider_payment_id = 'pi_' || replace(id::text, '-', ''),"
+        " provider_client_secret = 'pi_x_secret_' || replace(id::text, '-', ''),"
+        " amount_capturable = amount,"
+        " capture_before = now() + %s::interval WHERE id = %s",
+        (capture_before, payment_id),
+    )
+    return payment_id
+
+
+def test_expiring_authorisations_and_open_refunds_are_read_at_scrape_time(
+    conn: psycopg.Connection, exporter: str
+) -> None:
+    _, body = get(exporter + "/metrics")
+    lines = body.splitlines()
+    assert "payment_worker_authorizations_expiring 0.0" in lines
+    assert "payment_worker_authorization_expiry_seconds 0.0" in lines, "a series even with none"
+    for status in ("pending_refund", "pending", "requires_action"):
+        assert f'payment_worker_refunds_open{{status="{status}"}} 0.0' in lines
+
+    authorized(conn, "5 hours")
+    authorized(conn, "23 hours")
+    authorized(conn, "3 days")  # not yet within the day
+    captured = authorized(conn, "1 hour")
+    conn.execute("UPDATE payments.transactions SET status = 'succeeded' WHERE id = %s", (captured,))
+    paid = insert_payment(conn)
+    conn.execute(
+        "UPDATE payments.transactions SET status = 'succeeded', provider_payment_id = 'pi_paid',"
+        " provider_client_secret = 'pi_paid_secret_x' WHERE id = %s",
+        (paid,),
+    )
+    for n, status in enumerate(["pending", "pending", "requires_action", "succeeded", "failed"]):
+        conn.execute(
+            "INSERT INTO payments.refunds (id, payment_id, amount, currency, status,"
+            " provider_refund_id, source) VALUES (gen_random_uuid(), %s, 100, 'USD', %s, %s,"
+            " 'stripe')",
+            (paid, status, f"re_{n}"),
+        )
+    conn.execute(
+        "INSERT INTO payments.refunds (id, payment_id, amount, currency, source, requested_role)"
+        " VALUES (gen_random_uuid(), %s, 100, 'USD', 'rpc', 'payment_operator')",
+        (paid,),
+    )
+
+    _, body = get(exporter + "/metrics")
+    lines = body.splitlines()
+    assert "payment_worker_authorizations_expiring 2.0" in lines
+    (soonest,) = [x for x in lines if x.startswith("payment_worker_authorization_expiry_seconds ")]
+    assert 5 * 3600 - 120 < float(soonest.split()[-1]) <= 5 * 3600
+    for status, count in [("pending_refund", 1), ("pending", 2), ("requires_action", 1)]:
+        assert f'payment_worker_refunds_open{{status="{status}"}} {count}.0' in lines
+    assert not any('refunds_open{status="succeeded"' in x for x in lines), "final ones are left out"
 
 
 def test_health_needs_a_live_worker(exporter: str, tmp_path: Path) -> None:
@@ -302,6 +366,8 @@ def test_the_exporter_reads_as_a_login_that_may_read_no_table(
     assert snapshot.payments == [("pending_intent", 1)]
     assert (snapshot.events_unapplied, snapshot.oldest_unapplied_event_age) == (0, 0.0)
     assert dict(snapshot.payments_open)["pending_intent"] == 1
+    assert (snapshot.authorizations_expiring, snapshot.authorization_expiry_seconds) == (0, 0.0)
+    assert dict(snapshot.refunds_open) == {"pending_refund": 0, "pending": 0, "requires_action": 0}
     refused = [
         "SELECT count(*) FROM metadata.river_job",
         "SELECT count(*) FROM payments.transactions",

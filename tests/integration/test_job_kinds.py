@@ -23,6 +23,7 @@ from tests.integration.rows import (
     set_queue,
 )
 from worker.handlers import EVENT_GIVEN_UP, PAYMENT_GIVEN_UP, caller_reason
+from worker.operations import OPERATION_GIVEN_UP, REFUND_GIVEN_UP
 from worker.service import StartupError, Worker
 from worker.store import Store
 
@@ -159,7 +160,10 @@ def test_the_given_up_effect_is_the_one_the_handlers_register(conn: psycopg.Conn
     kinds = conn.execute("SELECT kind, given_up::text FROM payments.job_kind ORDER BY 1").fetchall()
     assert kinds == [
         ("apply_stripe_event", EVENT_GIVEN_UP),
+        ("cancel_payment", OPERATION_GIVEN_UP),
+        ("capture_payment", OPERATION_GIVEN_UP),
         ("create_payment_intent", PAYMENT_GIVEN_UP),
+        ("create_refund", REFUND_GIVEN_UP),
         ("sync_payment", None),
     ]
 

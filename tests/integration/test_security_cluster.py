@@ -84,7 +84,8 @@ def test_a_deployer_that_is_no_superuser_deploys_and_the_rpc_works(
     with admin(cluster, "shop") as conn:
         owner = conn.execute(
             "SELECT r.rolname, r.rolsuper FROM pg_proc AS p JOIN pg_roles AS r"
-            " ON r.oid = p.proowner WHERE p.oid = 'public.create_payment_intent_sync'::regproc"
+            " ON r.oid = p.proowner"
+            " WHERE p.oid = 'public.create_payment_intent_sync(numeric, text)'::regprocedure"
         ).fetchone()
         assert owner == ("deployer", False)
     with (

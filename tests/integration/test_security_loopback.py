@@ -100,9 +100,14 @@ def attacker(conn: psycopg.Connection, login_role: MakeRole) -> Iterator[str]:
         (
             "SELECT payments.writer_payment_record('{uuid}', 'victim', 'alice', 100, 'USD', NULL,"
             " repeat('0', 64))",
-            "only create_payment_intent_sync",
+            "only the payment RPCs",
         ),
-        ("SELECT payments.writer_payment_get('{uuid}', NULL)", "only create_payment_intent_sync"),
+        ("SELECT payments.writer_payment_get('{uuid}', NULL)", "only the payment RPCs"),
+        (
+            'SELECT payments.writer_request(\'["refund", "{uuid}", "{uuid}", 100, null,'
+            " \"x\", null, true]', repeat('0', 64))",
+            "only the payment RPCs",
+        ),
         ("SELECT create_payment_intent_sync(2500, 'as the writer')", "permission denied"),
         (
             "CREATE FUNCTION public.get_payment(uuid) RETURNS jsonb LANGUAGE sql AS 'SELECT NULL'",
@@ -196,8 +201,9 @@ def test_every_function_pins_its_search_path_and_none_is_public(conn: psycopg.Co
         " has_function_privilege('public', p.oid, 'EXECUTE')"
         " FROM pg_proc AS p"
         " WHERE (p.pronamespace = 'payments'::regnamespace"
-        "        OR p.oid IN ('public.create_payment_intent_sync'::regproc,"
-        "                     'public.get_payment'::regproc))"
+        "        OR (p.pronamespace = 'public'::regnamespace AND p.proname IN ("
+        "            'create_payment_intent_sync', 'get_payment', 'capture_payment',"
+        "            'cancel_payment', 'refund_payment')))"
         "   AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.objid = p.oid"
         "                   AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e')"
     ).fetchall()

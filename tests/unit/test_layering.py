@@ -121,8 +121,9 @@ def test_in_the_receiver_only_verify_imports_stripe_and_only_the_store_runs_sql(
     assert runners == {"webhooks/store.py"}
 
 
-def test_handlers_contain_no_sql() -> None:
-    path = ROOT / "worker/handlers.py"
+@pytest.mark.parametrize("module", ["worker/handlers.py", "worker/operations.py"])
+def test_handlers_contain_no_sql(module: str) -> None:
+    path = ROOT / module
     names = imported(path)
     assert not any(within(names, m) for m in ("psycopg", "worker.queries", "common.sqlfiles"))
     assert query_calls(path) == []

@@ -42,5 +42,6 @@ def test_the_worker_touches_no_table_only_its_functions() -> None:
 
 def test_every_outcome_presents_the_lease() -> None:
     for name, query in queries.QUERIES.items():
-        if name.startswith("job_set_") or name in ("job_payment_get", "job_complete_with_intent"):
+        held = ("job_set_", "job_operation_", "job_refund_")
+        if name.startswith(held) or name in ("job_payment_get", "job_complete_with_intent"):
             assert "%(attempt)s, %(lease)s" in query, name

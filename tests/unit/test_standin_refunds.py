@@ -286,3 +286,47 @@ def test_idempotent_like_create_and_faults_apply() -> None:
     assert isinstance(refund(app, f"payment_intent={intent['id']}&amount=7"), Hangup)
     app.faults.update({"drop": 0.0})
     assert [r["amount"] for r in app.refunds.all()] == [700, 300, 5]
+
+
+def test_metadata_is_kept_and_checked_like_stripes() -> None:
+    app = make_app()
+    intent = paid(app)
+    body = f"payment_intent={intent['id']}&amount=100&metadata[refund_id]=r-1&metadata[x]="
+    made = body_of(refund(app, body))
+    assert made["metadata"] == {"refund_id": "r-1"}
+    assert get(app, f"/v1/refunds/{made['id']}")["metadata"] == {"refund_id": "r-1"}
+    listed = get(app, "/v1/refunds", f"payment_intent={intent['id']}")["data"]
+    assert [r["metadata"] for r in listed] == [{"refund_id": "r-1"}]
+    created_event = next(e for e in app.events.all() if e["type"] == "refund.created")
+    assert created_event["data"]["object"]["metadata"] == {"refund_id": "r-1"}
+    nested = body_of(refund(app, f"payment_intent={intent['id']}&metadata[a][b]=c"), 400)
+    assert nested["error"]["param"] == "metadata[a]"
+    long_value = "v" * 501
+    too_long = body_of(refund(app, f"payment_intent={intent['id']}&metadata[k]={long_value}"), 400)
+    assert too_long["error"]["param"] == "metadata[k]"
+    assert len(app.refunds.all()) == 1
+
+
+def test_list_filters_exactly_by_payment_intent_and_created() -> None:
+    now = [NOW]
+    config = StandinConfig(faults=FaultSettings(), seed=1)
+    app = StandinApp(config, sleep=lambda _s: None, clock=lambda: now[0])
+    one, other = paid(app), paid(app)
+    early = body_of(refund(app, f"payment_intent={one['id']}&amount=100"))
+    now[0] += 10
+    late = body_of(refund(app, f"payment_intent={one['id']}&amount=100"))
+    body_of(refund(app, f"payment_intent={other['id']}&amount=100"))
+    # an id that is a prefix of another's matches nothing: the filter is equality
+    assert get(app, "/v1/refunds", f"payment_intent={one['id'][:-1]}")["data"] == []
+    assert get(app, "/v1/refunds", "payment_intent=pi_unknown")["data"] == []
+    ours = get(app, "/v1/refunds", f"payment_intent={one['id']}")["data"]
+    assert [(r["id"], r["payment_intent"]) for r in ours] == [
+        (late["id"], one["id"]),
+        (early["id"], one["id"]),
+    ]
+    after = get(app, "/v1/refunds", f"payment_intent={one['id']}&created[gt]={NOW}")["data"]
+    assert [r["id"] for r in after] == [late["id"]]
+    exact = get(app, "/v1/refunds", f"payment_intent={one['id']}&created={NOW}")["data"]
+    assert [r["id"] for r in exact] == [early["id"]]
+    bad = get(app, "/v1/refunds", "created[after]=1", status=400)["error"]
+    assert (bad["code"], bad["param"]) == ("parameter_unknown", "created[after]")

@@ -5,7 +5,8 @@
 SELECT currency, queue FROM payments.worker_settings()
 
 -- name: job_payment_get
-SELECT id, amount, currency, description, status, provider_payment_id
+SELECT id, amount, currency, description, status, provider_payment_id, capture_method,
+       created_at
 FROM payments.job_payment_get(%(id)s, %(attempt)s, %(lease)s)
 
 -- name: job_complete_with_intent
