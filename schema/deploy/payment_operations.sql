@@ -782,7 +782,8 @@ BEGIN
                 RAISE EXCEPTION 'payment % is %: only a payment in requires_capture can be captured', v_payment.id, v_payment.status
                     USING ERRCODE = 'object_not_in_prerequisite_state',
                           HINT = CASE WHEN v_payment.capture_method = 'automatic'
-                                      THEN 'It was made with capture_method automatic: Stripe captures it when paid.' END;
+                                      THEN 'It was made with capture_method automatic: Stripe captures it when paid.'
+                                      ELSE 'A manual-capture payment can be captured once the customer has paid.' END;
             END IF;
             v_amount := (m ->> 4)::bigint;
             IF v_amount > coalesce(v_payment.amount_capturable, v_payment.amount) THEN
@@ -794,7 +795,10 @@ BEGIN
             IF v_payment.status NOT IN ('pending_intent', 'pending', 'requires_capture') THEN
                 RAISE EXCEPTION 'payment % is %: only a payment not yet paid (pending_intent, pending) or authorised (requires_capture) can be canceled', v_payment.id, v_payment.status
                     USING ERRCODE = 'object_not_in_prerequisite_state',
-                          HINT = CASE WHEN v_payment.status = 'succeeded' THEN 'Refund it instead: refund_payment.' END;
+                          HINT = CASE WHEN v_payment.status = 'succeeded' THEN 'Refund it instead: refund_payment.'
+                                      WHEN v_payment.status = 'processing'
+                                      THEN 'Stripe is settling it: wait, and refund it once it succeeds.'
+                                      ELSE format('%s is final.', v_payment.status) END;
             END IF;
         ELSIF v_payment.status NOT IN ('pending_intent', 'pending') THEN
             RAISE EXCEPTION 'payment % is %: you can cancel your payment only while it is unpaid (pending_intent, pending)', v_payment.id, v_payment.status
@@ -823,7 +827,10 @@ BEGIN
             RAISE EXCEPTION 'payment % is %: only a succeeded payment can be refunded', v_payment.id, v_payment.status
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = CASE WHEN v_payment.status IN ('pending_intent', 'pending', 'requires_capture')
-                                  THEN 'Cancel it instead: cancel_payment.' END;
+                                  THEN 'Nothing is paid yet: cancel it instead (cancel_payment).'
+                                  WHEN v_payment.status = 'processing'
+                                  THEN 'Wait until Stripe reports it succeeded.'
+                                  ELSE format('%s is final.', v_payment.status) END;
         END IF;
         IF v_payment.amount_received IS NULL THEN
             RAISE EXCEPTION 'payment %: the amount received is not known yet', v_payment.id

@@ -497,3 +497,46 @@ def test_backfill_cursor_reverts_to_exactly_what_was_there(empty_database: MakeD
     with connect(db) as conn:
         assert lifecycle_catalog(conn) == deployed
         assert conn.execute("SELECT count(*) FROM payments.backfill_cursor").fetchone() == (0,)
+
+
+def test_payment_operations_reverts_to_exactly_what_was_there(
+    empty_database: MakeDatabase,
+) -> None:
+    db = empty_database()
+    sqitch_ok("deploy", db, "--to", "payment_operations^")
+    with connect(db) as conn:
+        before = lifecycle_catalog(conn)
+
+    sqitch_ok("deploy", db)
+    with connect(db) as conn:
+        deployed = lifecycle_catalog(conn)
+        assert deployed != before
+        # A manual payment with a capture waiting and a refunded one: the revert takes
+        # their requests, refunds and jobs away with the tables.
+        conn.execute(
+            "INSERT INTO payments.transactions (id, owner_role, amount, currency, capture_method)"
+            " VALUES ('00000000-0000-0000-0000-000000000001', 'x', 2500, 'USD', 'manual')"
+        )
+        conn.execute(
+            "INSERT INTO payments.payment_operations (id, payment_id, operation, requested_role)"
+            " VALUES (gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'capture', 'x')"
+        )
+        conn.execute(
+            "INSERT INTO payments.refunds (id, payment_id, amount, currency, source,"
+            " requested_role) VALUES (gen_random_uuid(), '00000000-0000-0000-0000-000000000001',"
+            " 100, 'USD', 'rpc', 'x')"
+        )
+        kinds = conn.execute("SELECT kind FROM metadata.river_job ORDER BY id").fetchall()
+        assert kinds == [("create_payment_intent",), ("capture_payment",), ("create_refund",)]
+
+    sqitch_ok("revert", db, "-y", "--to", "payment_operations^")
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == before
+        assert conn.execute("SELECT kind FROM metadata.river_job").fetchall() == [
+            ("create_payment_intent",)
+        ]
+
+    sqitch_ok("deploy", db)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == deployed
