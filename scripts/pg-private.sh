@@ -25,7 +25,7 @@ as_pg() {
 ensure_pg_os_user() {
   getent passwd "$PG_OS_USER" >/dev/null && return 0
   command -v useradd >/dev/null 2>&1 || die "cannot create system user $PG_OS_USER (no useradd)"
-  note "creating system user $PG_OS_USER (PostgreSQL does not run as root)"
+  note "creating system user $PG_OS_USER (useradd --system): PostgreSQL does not run as root, this user owns the private cluster"
   run_quiet "useradd $PG_OS_USER" useradd --system --user-group --no-create-home \
     --home-dir /nonexistent --shell /usr/sbin/nologin "$PG_OS_USER"
 }
