@@ -24,6 +24,7 @@ from typing import Any
 from supervisor.xmlrpc import SupervisorTransport
 
 from bench.common import ROOT, free_port, proc_status_kb, wait_for
+from common.supervisor import ctl_credentials
 
 VENV_BIN = ROOT / ".venv" / "bin"
 CONF = ROOT / "supervisord.conf"
@@ -85,7 +86,7 @@ class BenchSupervisord:
         self.stop()
 
     def rpc(self, method: str, *args: Any) -> Any:
-        transport = SupervisorTransport(None, None, f"unix://{self.socket}")
+        transport = SupervisorTransport(*ctl_credentials(self.conf), f"unix://{self.socket}")
         try:
             proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport)
             return getattr(proxy.supervisor, method)(*args)

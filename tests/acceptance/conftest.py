@@ -29,6 +29,7 @@ import pytest
 from psycopg import sql
 from supervisor.xmlrpc import SupervisorTransport
 
+from common.supervisor import ctl_credentials
 from stripe_standin.process import StandinProcess
 from tests import pg
 
@@ -105,9 +106,10 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def rpc(method: str, *args: Any) -> Any:
-    """Calls `supervisor.METHOD(*args)` over the unix socket of supervisord.conf."""
-    transport = SupervisorTransport(None, None, f"unix://{SOCKET}")
+def rpc(method: str, *args: Any, socket_path: Path = SOCKET) -> Any:
+    """Calls `supervisor.METHOD(*args)` over the unix socket of supervisord.conf (or that of
+    another checkout's copy of it)."""
+    transport = SupervisorTransport(*ctl_credentials(CONF), f"unix://{socket_path}")
     try:
         proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport)
         return getattr(proxy.supervisor, method)(*args)
