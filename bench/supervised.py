@@ -21,10 +21,10 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
+from common.supervisor import ctl_credentials
 from supervisor.xmlrpc import SupervisorTransport
 
 from bench.common import ROOT, free_port, proc_status_kb, wait_for
-from common.supervisor import ctl_credentials
 
 VENV_BIN = ROOT / ".venv" / "bin"
 CONF = ROOT / "supervisord.conf"
