@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# run.sh: what `make run` runs, through scripts/with-env.sh (which exports .run/pg.env and
-# puts psql and sqitch on PATH). Deploys the schema, picks a Stripe (the real one or the
-# stand-in), prints a psql line to try, then runs supervisord in the foreground until
-# Ctrl-C (or SIGTERM), which stops everything, stand-in included.
+# run.sh: what `make run` runs, after scripts/run-checks.sh and through scripts/with-env.sh
+# (which exports .run/pg.env and puts psql and sqitch on PATH). Deploys the schema, picks a
+# Stripe (the real one or the stand-in), prints the lines to try, then runs supervisord in
+# the foreground until Ctrl-C (or SIGTERM, e.g. from `make stop`), which stops everything
+# it started: the stand-in, and the private PostgreSQL if with-env.sh started it for us.
 #
 # Environment (everything else, e.g. RIVER_WORKER_COUNT or LOG_LEVEL, reaches the workers):
 #   DATABASE_URL     the database (default: payment_worker on the server of .run/pg.env,

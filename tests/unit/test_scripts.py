@@ -68,3 +68,31 @@ def test_the_skip_list_matches_a_name_at_a_line_end() -> None:
         "skip libllvm15",
         "keep sqitch",
     ]
+
+
+def test_a_root_install_is_announced_before_apt_get_runs(tmp_path: Path) -> None:
+    """What `make` says as root before it changes the machine: one line naming the packages
+    and how to avoid it, before apt-get update and install run (a stand-in apt-get here)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    out = tmp_path / "out"
+    (fake / "apt-get").write_text(f'#!/bin/sh\necho "(apt-get $1 ran)" >>{out}\n')
+    (fake / "apt-get").chmod(0o755)
+    script = (
+        f". {ROOT}/scripts/lib.sh; RUN_DIR={tmp_path}/run; is_root() {{ return 0; }};"
+        f" apt_install sqitch libdbd-pg-perl 2>>{out}"
+    )
+    subprocess.run(
+        ["bash", "-c", script],
+        env={"PATH": f"{fake}:{os.environ['PATH']}"},
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    assert out.read_text().splitlines() == [
+        "bash: installing system packages (apt-get, as root): sqitch libdbd-pg-perl"
+        " (PW_INSTALL=tools unpacks them into .tools/ instead)",
+        "bash: apt-get update",
+        "(apt-get update ran)",
+        "(apt-get install ran)",
+    ]
