@@ -181,7 +181,7 @@ remember() { mkdir -p "$RUN_DIR" && echo "$1" >"$CHOICE"; }
 explain() {
   cat <<EOF
 
-make run and make test use it until you switch (the choice lives in .run/pg-choice):
+Without DATABASE_URL, make run and make test keep to the choice in .run/pg-choice; to switch:
   PW_PG_MODE=private make db   a private cluster of this checkout (data in .run/pgdata; make stop stops it)
   PW_PG_MODE=local make db     the server at 127.0.0.1:5432, as superuser postgres without a password
   PW_PG_MODE=auto make db      choose again: that server if it answers, else a private cluster
@@ -198,6 +198,7 @@ main() {
   PSQL=$(with_lock tools ensure_psql)
   if [[ $mode == url || ($mode != local && $mode != private && -n ${DATABASE_URL:-}) ]]; then
     use_url
+    [[ ${1:-} != --explain ]] || explain
     return
   fi
   choice=$(remembered)

@@ -12,7 +12,7 @@ problem() { printf 'make run: error: %s\n' "$*" >&2; problems=$((problems + 1));
 
 # supervisord.conf puts its socket and pidfile in this checkout's .run/: one per checkout.
 pid=$(cat "$RUN_DIR/supervisord.pid" 2>/dev/null || true)
-if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep supervisord >/dev/null; then
+if [[ $pid =~ ^[0-9]+$ && -S $RUN_DIR/supervisor.sock ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep supervisord >/dev/null; then
   echo "make run: error: another supervisord already runs from this checkout (pid $pid); stop it with \`make stop\`" >&2
   exit 1
 fi
