@@ -1,10 +1,11 @@
 # payment-worker: `make help` lists the targets. Everything installs or starts what it
 # needs (python venv, sqitch, PostgreSQL) via scripts/ensure-*.sh; see scripts/lib.sh for
-# the knobs (PW_PG_MODE, DATABASE_URL, PW_INSTALL).
+# the knobs (PW_PG_MODE, DATABASE_URL, PW_INSTALL). As root, missing tools are installed with
+# apt-get (each install is announced first); PW_INSTALL=tools unpacks them into .tools/.
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help venv lock lint db test run clean
+.PHONY: help venv lock lint db test run stop clean
 
 VENV := .venv
 PYTEST_ARGS ?=
@@ -23,16 +24,20 @@ lint: venv ## ruff check, ruff format --check, mypy (strict on worker/, metrics/
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-db: ## ensure PostgreSQL (writes .run/pg.env) and sqitch; PW_PG_MODE=private forces a private cluster
+db: ## ensure sqitch and PostgreSQL (writes .run/pg.env): which one, why, and how to switch (PW_PG_MODE)
 	@scripts/ensure-sqitch.sh >/dev/null
-	@scripts/ensure-postgres.sh
+	@scripts/ensure-postgres.sh --explain
 
 test: venv ## run all tests (ensures venv, sqitch, PostgreSQL, promtool); PYTEST_ARGS='...' passes through
 	@bindir=$$(scripts/ensure-prometheus.sh); \
-	PW_PROMETHEUS_BINDIR=$$bindir scripts/with-env.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	PW_PROMETHEUS_BINDIR=$$bindir scripts/with-env.sh --stop-after $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 run: venv ## schema, Stripe stand-in (unless STRIPE_API_KEY is real) and supervisord, in the foreground
+	@scripts/run-checks.sh
 	@scripts/with-env.sh scripts/run.sh
+
+stop: ## stop what make run / make test started here (supervisord, stand-in, private PostgreSQL); keeps data
+	@scripts/stop.sh
 
 .PHONY: bench
 bench: venv ## benchmark: RPC latency, wake-up, throughput, RSS, vs procrastinate, pgqueuer; BENCH_RECORD=1 rewrites bench/RESULTS.md

@@ -21,6 +21,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
+from common.supervisor import ctl_credentials
 from supervisor.xmlrpc import SupervisorTransport
 
 from bench.common import ROOT, free_port, proc_status_kb, wait_for
@@ -89,7 +90,7 @@ class BenchSupervisord:
         self.stop()
 
     def rpc(self, method: str, *args: Any) -> Any:
-        transport = SupervisorTransport(None, None, f"unix://{self.socket}")
+        transport = SupervisorTransport(*ctl_credentials(self.conf), f"unix://{self.socket}")
         try:
             proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport)
             return getattr(proxy.supervisor, method)(*args)

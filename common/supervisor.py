@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import configparser
 import logging
 import os
 import signal
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from supervisor import childutils
@@ -19,6 +21,17 @@ EXIT_CONFIG = 78
 def rpc(env: Mapping[str, str] | None = None) -> Any:
     """supervisord's XML-RPC proxy, from the variables it gives its children."""
     return childutils.getRPCInterface(dict(os.environ if env is None else env))
+
+
+def ctl_credentials(conf: Path) -> tuple[str | None, str | None]:
+    """The username and password of supervisord.conf's [supervisorctl]: what a client
+    outside supervisord (a test, the benchmark) gives the socket."""
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    parser.read(conf)
+    get = parser.get
+    return get("supervisorctl", "username", fallback=None), get(
+        "supervisorctl", "password", fallback=None
+    )
 
 
 def stop_self(env: Mapping[str, str] | None = None) -> bool:

@@ -39,6 +39,7 @@ drop_policy() { [[ -z $OWN_POLICY ]] || _priv rm -f "$POLICY"; }
 
 forbid_service_starts() {
   [[ -e $POLICY ]] && return 0 # e.g. the `exit 101` of container images: already forbids
+  note "writing $POLICY for the install (no service may start), removed afterwards"
   printf '#!/bin/sh\n# scripts/ensure-prometheus.sh: no service starts during its install\nexit 101\n' |
     _priv tee "$POLICY" >/dev/null
   _priv chmod 755 "$POLICY"
@@ -48,6 +49,7 @@ forbid_service_starts() {
 
 stop_system_service() {
   if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+    note "disabling and stopping the prometheus service the package enabled (only its binaries are used)"
     _priv systemctl disable --now prometheus.service >/dev/null 2>&1 || true
   elif [[ -x /etc/init.d/prometheus ]]; then
     # no systemd: the sysv script runs the daemon with a pidfile; its `status` says if it runs

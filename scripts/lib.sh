@@ -84,8 +84,13 @@ apt_update_once() {
 
 apt_install() {
   command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install $* by hand"
+  # Said before anything changes on the machine: what, how, and how to avoid it.
+  if is_root; then
+    note "installing system packages (apt-get, as root): $* (PW_INSTALL=tools unpacks them into .tools/ instead)"
+  else
+    note "installing system packages (sudo apt-get): $* (PW_INSTALL=tools unpacks them into .tools/ instead)"
+  fi
   apt_update_once
-  note "apt-get install $*"
   run_quiet "apt-get install $*" _priv env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends "$@"
 }
@@ -101,6 +106,13 @@ TOOLS_SKIP=" postgresql-common postgresql-client-common ssl-cert debconf cdebcon
   tzdata ucf libc6 libc-bin dpkg perl-base "
 # LLVM only serves PostgreSQL's JIT (~100 MB unpacked); the private cluster runs jit=off.
 TOOLS_SKIP_RE='^libllvm[0-9]+$'
+
+# tools_skipped NAME: NAME is in TOOLS_SKIP (words, any whitespace) or matches TOOLS_SKIP_RE.
+tools_skipped() {
+  local w
+  for w in $TOOLS_SKIP; do [[ $w == "$1" ]] && return 0; done
+  [[ $1 =~ $TOOLS_SKIP_RE ]]
+}
 
 _has_candidate() {
   # (no grep -q: with pipefail, apt-cache would die of SIGPIPE and fail the pipeline)
@@ -186,7 +198,7 @@ tools_resolve() {
       done
       ((satisfied)) && continue
       [[ -z $pick ]] && { note "warning: cannot satisfy dependency '$grp'"; continue; }
-      [[ $TOOLS_SKIP == *" $pick "* || $pick =~ $TOOLS_SKIP_RE ]] && continue
+      tools_skipped "$pick" && continue
       seen[$pick]=1
       order+=("$pick")
       next+=("$pick")

@@ -25,7 +25,7 @@ as_pg() {
 ensure_pg_os_user() {
   getent passwd "$PG_OS_USER" >/dev/null && return 0
   command -v useradd >/dev/null 2>&1 || die "cannot create system user $PG_OS_USER (no useradd)"
-  note "creating system user $PG_OS_USER (PostgreSQL does not run as root)"
+  note "creating system user $PG_OS_USER (useradd --system): PostgreSQL does not run as root, this user owns the private cluster"
   run_quiet "useradd $PG_OS_USER" useradd --system --user-group --no-create-home \
     --home-dir /nonexistent --shell /usr/sbin/nologin "$PG_OS_USER"
 }
@@ -102,8 +102,10 @@ pg_answers() {
 }
 
 # private_start: init/start (or reuse) the cluster; sets P_PORT P_MAJOR P_BINDIR P_DATA ...
+# and P_STARTED (1: this call started it).
 private_start() {
   local dmajor loc t0
+  P_STARTED=0
   private_layout
   if [[ -f $P_DATA/PG_VERSION ]]; then
     dmajor=$(cat "$P_DATA/PG_VERSION")
@@ -160,18 +162,33 @@ EOF
     tail -n 15 "$P_LOG" | sed 's/^/    log: /' >&2
     die "the private cluster did not start; log: $P_LOG"
   fi
+  P_STARTED=1
   pg_answers "$P_PORT" || die "the private cluster started but does not answer on 127.0.0.1:$P_PORT"
 }
 
-# private_stop [--remove]: stop the cluster if it runs; --remove also deletes data kept
-# outside .run (the caller removes .run itself).
+# private_stop [--remove|--if-idle]: stop the cluster if it runs; --remove also deletes
+# data kept outside .run (the caller removes .run itself); --if-idle leaves it running
+# while other sessions use it (what a `make run` started, a `make test` may still use).
 private_stop() {
   local P_DATA P_SOCK P_LOG P_BINDIR P_EXT
   [[ -f $PRIVATE_ENV ]] || return 0
   . "$PRIVATE_ENV"
   if [[ -f $P_DATA/postmaster.pid ]] && as_pg "$P_BINDIR/pg_ctl" status -D "$P_DATA" >/dev/null 2>&1; then
+    if [[ ${1:-} == --if-idle ]]; then
+      local port others
+      port=$(sed -n 4p "$P_DATA/postmaster.pid")
+      others=$("$P_BINDIR/psql" -X -w -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -c \
+        "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()" \
+        2>/dev/null || echo 0)
+      if ((others > 0)); then
+        note "the private cluster (127.0.0.1:$port) stays up: $others other sessions use it; 'make stop' stops it"
+        return 0
+      fi
+    fi
     run_quiet "pg_ctl stop" as_pg "$P_BINDIR/pg_ctl" stop -D "$P_DATA" -m fast -w -t 60
-    note "stopped the private cluster ($P_DATA)"
+    if [[ ${1:-} == --remove ]]; then note "stopped the private cluster"; else
+      note "stopped the private cluster (${P_DATA/#$REPO\//}; data kept)"
+    fi
   fi
   if [[ ${1:-} == --remove ]]; then
     if [[ $P_EXT == 1 ]]; then rm -rf "$(dirname "$P_DATA")"; fi

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# run.sh: what `make run` runs, through scripts/with-env.sh (which exports .run/pg.env and
-# puts psql and sqitch on PATH). Deploys the schema, picks a Stripe (the real one or the
-# stand-in), prints a psql line to try, then runs supervisord in the foreground until
-# Ctrl-C (or SIGTERM), which stops everything, stand-in included.
+# run.sh: what `make run` runs, after scripts/run-checks.sh and through scripts/with-env.sh
+# (which exports .run/pg.env and puts psql and sqitch on PATH). Deploys the schema, picks a
+# Stripe (the real one or the stand-in), prints the lines to try, then runs supervisord in
+# the foreground until Ctrl-C (or SIGTERM, e.g. from `make stop`), which stops everything
+# it started: the stand-in, and the private PostgreSQL if with-env.sh started it for us.
 #
 # Environment (everything else, e.g. RIVER_WORKER_COUNT or LOG_LEVEL, reaches the workers):
 #   DATABASE_URL     the database (default: payment_worker on the server of .run/pg.env,
@@ -17,8 +18,17 @@ cd "$REPO"
 
 # supervisord and every program reopen /dev/stdout (supervisord.conf): into a regular file
 # (`make run >run.log`) only O_APPEND keeps their writes from overwriting each other.
-if [[ -f /dev/stdout ]]; then exec >>/dev/stdout; fi
-if [[ -f /dev/stderr ]]; then exec 2>>/dev/stderr; fi
+# Where this user may not reopen it (`su user -c 'make run'` in root's terminal: the tty
+# is root's), everything goes through a pipe of ours, which anyone may reopen; its cat
+# ignores Ctrl-C so that the last lines of the stop still get out.
+OUT_PID=
+if ! { : >>/dev/stdout; } 2>/dev/null; then
+  exec > >(trap '' INT TERM; exec cat)
+  OUT_PID=$!
+elif [[ -f /dev/stdout ]]; then
+  exec >>/dev/stdout
+fi
+if [[ -f /dev/stderr ]] && { : >>/dev/stderr; } 2>/dev/null; then exec 2>>/dev/stderr; fi
 
 VENV_BIN=$REPO/.venv/bin
 [[ -x $VENV_BIN/supervisord ]] || die ".venv has no supervisord: run 'make venv' first"
@@ -44,7 +54,14 @@ cleanup() {
     wait "$STANDIN_PID" 2>/dev/null || true
   fi
   [[ -z $STANDIN_LOG_PID ]] || wait "$STANDIN_LOG_PID" 2>/dev/null || true
+  rm -f "$RUN_DIR/standin.pid"
+  # The private cluster, when this run started it and nobody else uses it meanwhile.
+  if [[ ${PW_PG_STARTED:-} == 1 ]]; then "$REPO/scripts/stop-postgres.sh" --if-idle || true; fi
   rm -rf "$TMP"
+  if [[ -n $OUT_PID ]]; then
+    exec >&- 2>&-
+    wait "$OUT_PID" 2>/dev/null || true
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -54,12 +71,13 @@ trap 'exit 143' TERM
 # url_parts URL [D]: shell assignments U_SAFE (URL without password), U_USER, U_PASSWORD,
 # U_TARGET (sqitch target, without password), U_AS_WORKER (the same database as the login
 # payment_worker_app, no password) and U_WITH_DB (same server, database D: see below).
+# The URL comes through the environment: argv is public, and it may hold a password.
 url_parts() {
-  "$VENV_BIN/python" - "$1" "${2:-}" <<'PY'
-import shlex, sys
+  PW_URL=$1 "$VENV_BIN/python" - "${2:-}" <<'PY'
+import os, shlex, sys
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-url, dbname = sys.argv[1], sys.argv[2]
+url, dbname = os.environ["PW_URL"], sys.argv[1]
 u = urlsplit(url)
 if u.scheme not in ("postgres", "postgresql"):
     sys.exit("run.sh: error: DATABASE_URL must be a postgresql://user@host:port/dbname URL")
@@ -84,6 +102,10 @@ PY
 
 # --- database ------------------------------------------------------------------------------
 if [[ -n ${DATABASE_URL:-} ]]; then
+  # A key=value string, as libpq and the worker take it, becomes the same URL.
+  url=$("$VENV_BIN/python" scripts/conninfo.py 2>&1) || die "${url#error: }"
+  DATABASE_URL=$url
+  unset url
   eval "$(url_parts "$DATABASE_URL")"
   echo "database: $U_SAFE (DATABASE_URL)"
 else
@@ -174,6 +196,7 @@ start_standin() {
     --port "${STANDIN_PORT:-12111}" --port-file "$port_file" \
     --webhook-url "http://127.0.0.1:$WEBHOOK_PORT/webhooks/stripe" 2>"$TMP/standin.log" &
   STANDIN_PID=$!
+  echo "$STANDIN_PID $$" >"$RUN_DIR/standin.pid" # for `make stop`, should this script die
   for ((i = 0; i < 200; i++)); do
     [[ -s $port_file ]] && break
     kill -0 "$STANDIN_PID" 2>/dev/null ||
@@ -217,16 +240,38 @@ fi
 # supervisord.conf puts its socket, pidfile and metrics files in .run/ (never beside the code).
 mkdir -p .run
 if [[ -S .run/supervisor.sock ]] && supervisorctl -c supervisord.conf pid >/dev/null 2>&1; then
-  die "another supervisord (pid $(cat .run/supervisord.pid 2>/dev/null || echo '?')) already runs from" \
-    "this checkout; stop it first: .venv/bin/supervisorctl -c supervisord.conf shutdown"
+  die "another supervisord already runs from this checkout" \
+    "(pid $(cat .run/supervisord.pid 2>/dev/null || echo '?')); stop it with \`make stop\`"
 fi
+
+# The psql of the lines to paste: plain `psql` where the caller's shell finds one, else
+# its full path (an ordinary user's psql may live in .tools/bin).
+PSQL_CMD=psql
+if ! PATH=${PW_CALLER_PATH:-$PATH} command -v psql >/dev/null 2>&1; then
+  PSQL_CMD=$(command -v psql)
+  PSQL_CMD=$(printf '%q' "$PSQL_CMD")
+fi
+
+# What Ctrl-C stops, honestly: the private cluster only if this run started it.
+STOPS="Ctrl-C stops everything"
+case ${PW_PG_MODE:-} in
+  private)
+    if [[ ${PW_PG_STARTED:-} == 1 ]]; then
+      STOPS+=", the private PostgreSQL this run started too (its data stays)"
+    else
+      STOPS+=" but the private PostgreSQL on port $PGPORT, which was already running (\`make stop\` stops it)"
+    fi
+    ;;
+  local) STOPS+=" but the machine's PostgreSQL server, which is not ours" ;;
+  url) STOPS+=" but the DATABASE_URL server, which is not ours" ;;
+esac
 
 cat <<EOF
 
 Try it (in another shell):
-  psql "$U_SAFE" -c "SELECT create_payment_intent_sync(2500, 'Test payment \\\$25.00');"
+  $PSQL_CMD "$U_SAFE" -c "SELECT create_payment_intent_sync(2500, 'Test payment \\\$25.00');"
 Watch the jobs:
-  psql "$U_SAFE" -c "SELECT id, state, attempt, attempted_by FROM metadata.river_job ORDER BY id DESC LIMIT 5;"
+  $PSQL_CMD "$U_SAFE" -c "SELECT id, state, attempt, attempted_by FROM metadata.river_job ORDER BY id DESC LIMIT 5;"
 EOF
 if [[ -n $STANDIN ]]; then
   cat <<EOF
@@ -234,19 +279,26 @@ Pay it as a customer would, with a test card (PAYMENT_ID: the payment_id it prin
 stand-in takes any sk_test_ key, and this one is nobody's secret):
   STRIPE_API_KEY=sk_test_customer $VENV_BIN/python -m stripe_standin pay --api-base $STRIPE_API_BASE PAYMENT_ID --card pm_card_visa
 Read it, succeeded once Stripe's webhook has told the database:
-  psql "$U_SAFE" -c "SELECT get_payment('PAYMENT_ID');"
+  $PSQL_CMD "$U_SAFE" -c "SELECT get_payment('PAYMENT_ID');"
 Other test cards: pm_card_chargeDeclined (declined: pay again with another card) and
 pm_card_authenticationRequired (then: $VENV_BIN/python -m stripe_standin 3ds --api-base $STRIPE_API_BASE PAYMENT_ID --succeed).
 EOF
 fi
 cat <<EOF
-Workers: ${RIVER_WORKER_COUNT:-1} (RIVER_WORKER_COUNT); Ctrl-C stops everything.
+Workers: ${RIVER_WORKER_COUNT:-1} (RIVER_WORKER_COUNT); $STOPS.
 
 EOF
 
 # In the background only so that this script can stop the stand-in after it: a signal is
 # passed on, and its exit status is this script's.
-supervisord -c supervisord.conf &
+# As root, supervisord warns unless told that root is meant: the programs then run as
+# root, as the one who typed `make run` is.
+as_root=()
+if is_root; then
+  as_root=(-u root)
+  echo "supervisord: as root, and the programs too (make run as an ordinary user to avoid that)"
+fi
+supervisord -c supervisord.conf "${as_root[@]}" &
 SUP_PID=$!
 trap 'kill -TERM "$SUP_PID" 2>/dev/null || true' INT TERM
 status=0

@@ -29,6 +29,7 @@ import pytest
 from psycopg import sql
 from supervisor.xmlrpc import SupervisorTransport
 
+from common.supervisor import ctl_credentials
 from stripe_standin.process import StandinProcess
 from tests import pg
 
@@ -105,9 +106,10 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def rpc(method: str, *args: Any) -> Any:
-    """Calls `supervisor.METHOD(*args)` over the unix socket of supervisord.conf."""
-    transport = SupervisorTransport(None, None, f"unix://{SOCKET}")
+def rpc(method: str, *args: Any, socket_path: Path = SOCKET) -> Any:
+    """Calls `supervisor.METHOD(*args)` over the unix socket of supervisord.conf (or that of
+    another checkout's copy of it)."""
+    transport = SupervisorTransport(*ctl_credentials(CONF), f"unix://{socket_path}")
     try:
         proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport)
         return getattr(proxy.supervisor, method)(*args)
@@ -162,9 +164,10 @@ def wait_until(
 class Supervisord:
     """`supervisord -c supervisord.conf` in the repo root; stdout+stderr appended to a file."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
         self.env = dict(env)
         self.log_path = log_path
+        self.args = list(args)
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self.stop_seconds: float | None = None
@@ -178,7 +181,7 @@ class Supervisord:
         # O_APPEND keeps their writes from overwriting each other in a regular file.
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(VENV_BIN / "supervisord"), "-c", str(CONF)],
+                [str(VENV_BIN / "supervisord"), "-c", str(CONF), *self.args],
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -361,16 +364,19 @@ def worker_login(database_url: str, worker_groups: tuple[str, ...]) -> Iterator[
 def start_supervisord(
     tmp_path: Path, database_url: str, standin: StandinProcess, worker_login: str
 ) -> Iterator[StartSupervisord]:
-    """start_supervisord(env) -> a running Supervisord with exactly `env` (plus base_env()).
+    """start_supervisord(env) -> a running Supervisord with exactly `env` (plus base_env(),
+    unless bare) and supervisord's command-line `args`.
     On teardown: SIGTERM, and it must exit 0 within stopwaitsecs.
 
     Depends on the database, the stand-in and the workers' login only so that they are
     torn down after it: workers must not watch their database or role being dropped."""
     started: list[Supervisord] = []
 
-    def start(env: Mapping[str, str], *, bare: bool = False) -> Supervisord:
+    def start(
+        env: Mapping[str, str], *, bare: bool = False, args: Sequence[str] = ()
+    ) -> Supervisord:
         full = dict(env) if bare else {**base_env(), **env}
-        sup = Supervisord(full, tmp_path / f"supervisord-{len(started)}.log")
+        sup = Supervisord(full, tmp_path / f"supervisord-{len(started)}.log", args)
         started.append(sup)
         return sup.start()
 

@@ -39,14 +39,23 @@ pytestmark = pytest.mark.acceptance
 # Settings of the worker and the stand-in a developer's shell might carry: not for this test.
 _FOREIGN = re.compile(
     r"^(STRIPE_|STANDIN_|RIVER_|DB_|WORKER_|WEBHOOK_|RECONCILE_|LOG_LEVEL$|PAYMENT_CURRENCY$"
-    r"|SUPERVISOR_)"
+    r"|SUPERVISOR_|METRICS_)"
 )
 
 
 def run_env(database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not _FOREIGN.match(k)}
+    # The test run's own: with-env.sh takes the caller's PATH from here, and the tests' own
+    # private cluster is not this run's to stop.
+    env.pop("PW_CALLER_PATH", None)
+    env.pop("PW_PG_STARTED", None)
     env.update(
-        DATABASE_URL=database_url, STANDIN_PORT="0", PW_PG_MODE="url", WEBHOOK_PORT=str(free_port())
+        DATABASE_URL=database_url,
+        STANDIN_PORT="0",
+        PW_PG_MODE="url",
+        WEBHOOK_PORT=str(free_port()),
+        # Not 9187: another checkout's exporter may hold it (make run refuses then).
+        METRICS_PORT=str(free_port()),
     )
     return env
 
