@@ -310,8 +310,9 @@ class Reconciler(LeaderLoop):
 
 class Backfill(LeaderLoop):
     """What the webhook receiver missed while it was down: Stripe's own event list
-    (`GET /v1/events`, payment_intent.*), each recorded as the receiver would
-    (payments.stripe_event_record, source `backfill`; one we hold is a free duplicate).
+    (`GET /v1/events`: every payment_intent event and the refund ones), each recorded as
+    the receiver would (payments.stripe_event_record, source `backfill`; one we hold is a
+    free duplicate).
 
     From `margin` before the start of the last pass that read the list to its end, so
     an outage of the receiver between two passes is covered even when it has received

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +42,25 @@ _PERMANENT = (
 # up to an hour in an outage: a key is used for 23 h from the payment's first attempt at
 # most, then the next generation's, after a search for what the old one made.
 KEY_GENERATION_SECONDS = 23 * 3600.0
+
+
+# The events the backfill lists: every PaymentIntent event, and those of refunds (a refund
+# made in Stripe's dashboard is found through them). Exact names: Stripe's `types[]` takes
+# no wildcard, and one list keeps the backfill's single cursor.
+PAYMENT_EVENT_TYPES = (
+    "payment_intent.amount_capturable_updated",
+    "payment_intent.canceled",
+    "payment_intent.created",
+    "payment_intent.partially_funded",
+    "payment_intent.payment_failed",
+    "payment_intent.processing",
+    "payment_intent.requires_action",
+    "payment_intent.succeeded",
+    "charge.refunded",
+    "refund.created",
+    "refund.failed",
+    "refund.updated",
+)
 
 
 # Waits before the retries within one attempt (Stripe's SDK uses the same).
@@ -293,17 +312,21 @@ class StripeGateway:
         created_gte: int,
         *,
         starting_after: str | None = None,
-        types: str = "payment_intent.*",
+        types: Sequence[str] = PAYMENT_EVENT_TYPES,
         max_pages: int = 10,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Stripe's events of `types` (a `*` wildcard allowed) created at or after
-        `created_gte` (unix seconds), newest first, at most `max_pages` pages of 100 from
-        `starting_after`; and the id to continue after, None when the list was read to
-        its end."""
+        """Stripe's events of `types` (Stripe's `types[]`: up to 20 exact names) created at
+        or after `created_gte` (unix seconds), newest first, at most `max_pages` pages of
+        100 from `starting_after`; and the id to continue after, None when the list was
+        read to its end."""
         events: list[dict[str, Any]] = []
         cursor = starting_after
         for _ in range(max_pages):
-            params: dict[str, Any] = {"type": types, "created": {"gte": created_gte}, "limit": 100}
+            params: dict[str, Any] = {
+                "types": list(types),
+                "created": {"gte": created_gte},
+                "limit": 100,
+            }
             if cursor is not None:
                 params["starting_after"] = cursor
             page = self._retrying(partial(self._list_events_page, params))

@@ -53,7 +53,8 @@ class InProcessStandin:
 
     def serve_events(self) -> None:
         """Answers GET /v1/events from `self.events`, as Stripe's API reference describes
-        the list (newest first, `created[gte]`, `type` with a `*` wildcard, `limit`,
+        the list (newest first, `created[gte]`, `type` with a `*` wildcard or `types[]`,
+        `limit`,
         `starting_after`): the stand-in of this branch has no event list yet."""
         handle = self.app.handle_api
 
@@ -64,11 +65,14 @@ class InProcessStandin:
             self.event_requests.append(query)
             gte = int(query["created[gte]"][0]) if "created[gte]" in query else 0
             prefix = query["type"][0].rstrip("*") if "type" in query else ""
+            # types[]: exact names, as the SDK sends them (types[0]=..., types[1]=...).
+            names = {v[0] for k, v in query.items() if k.startswith("types[")}
             limit = int(query.get("limit", ["10"])[0])
             found = [
                 e
                 for e in reversed(self.events)
-                if e["created"] >= gte and e["type"].startswith(prefix)
+                if e["created"] >= gte
+                and (e["type"] in names if names else e["type"].startswith(prefix))
             ]
             if "starting_after" in query:
                 ids = [e["id"] for e in found]

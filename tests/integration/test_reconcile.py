@@ -20,7 +20,7 @@ from tests.integration.rows import QUEUE, claim, insert_payment, payment_row
 from worker.executor import JobExecutor
 from worker.maintenance import Backfill, Leadership, Reconciler
 from worker.store import BackfillPosition, Store
-from worker.stripe_gateway import StripeGateway
+from worker.stripe_gateway import PAYMENT_EVENT_TYPES, StripeGateway
 
 
 @pytest.fixture
@@ -288,7 +288,7 @@ def test_the_backfill_records_what_the_receiver_missed_and_applies_it(  # noqa: 
     stripe.events.append(held)
     assert lc.record(conn, held) == "stored"
     lc.run_available(store, executor)
-    # The receiver was down for these two; a charge event is not listed (payment_intent.*).
+    # The receiver was down for these two; charge.pending is not among the listed types.
     missed = [
         lc.event(stripe.move(intent_id, "processing"), "payment_intent.processing"),
         lc.event(stripe.intent(intent_id), "charge.pending"),
@@ -298,7 +298,9 @@ def test_the_backfill_records_what_the_receiver_missed_and_applies_it(  # noqa: 
 
     assert backfill(store, gateway, stop).run_once() == 2
     asked = stripe.event_requests[0]
-    assert asked["type"] == ["payment_intent.*"]
+    listed = [v[0] for k, v in sorted(asked.items()) if k.startswith("types[")]
+    assert sorted(listed) == sorted(PAYMENT_EVENT_TYPES)
+    assert "type" not in asked
     assert asked["created[gte]"] == [str(held["created"] - 300)]
     sources = conn.execute(
         "SELECT id, source FROM payments.stripe_events ORDER BY created, id"
@@ -495,3 +497,32 @@ def test_only_the_leaders_session_moves_the_backfills_position(  # noqa: PLR0917
     assert store.backfill_pass_complete(when) is False
     assert store.backfill_pass_cut(0, "evt_1", when) is False
     assert store.backfill_position() == BackfillPosition(covered_at=covered, resume=None)
+
+
+def test_the_backfill_lists_refund_events_too(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    gateway: StripeGateway,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+) -> None:
+    """A refund made in Stripe's dashboard whose webhook was lost: its refund.created is
+    listed and recorded for the payment, so its apply job re-reads the refunds."""
+    stripe.serve_events()
+    payment_id, intent_id = created_payment(conn, store, executor)
+    refund = {
+        "id": "re_" + uuid4().hex[:24],
+        "object": "refund",
+        "amount": 500,
+        "currency": "usd",
+        "payment_intent": intent_id,
+        "status": "succeeded",
+        "metadata": {},
+    }
+    missed = [lc.event(refund, "refund.created"), lc.event(refund, "charge.refund.updated")]
+    stripe.events.extend(missed)
+
+    assert backfill(store, gateway, stop).run_once() == 1
+    row = lc.event_row(conn, missed[0]["id"])
+    assert (row["source"], row["payment_id"], row["outcome"]) == ("backfill", payment_id, "pending")
