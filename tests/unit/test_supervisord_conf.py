@@ -17,19 +17,30 @@ CONF = ROOT / "supervisord.conf"
 
 
 @pytest.fixture
-def groups(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+def here(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of supervisord.conf as a fresh checkout has it, the scaler's include leading
+    nowhere yet: the checkout's own .run/workers.conf holds whatever count ran last."""
+    checkout = tmp_path_factory.mktemp("checkout")
+    (checkout / "supervisord.conf").write_text(CONF.read_text())
+    (checkout / "supervisord.workers.conf").symlink_to(".run/workers.conf")
+    (checkout / ".run").mkdir()
+    return checkout
+
+
+@pytest.fixture
+def groups(monkeypatch: pytest.MonkeyPatch, here: Path) -> dict[str, object]:
     for name in ("RIVER_WORKER_COUNT", "PAYMENT_CURRENCY", "DB_MAX_CONNS", "DB_MIN_CONNS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", "postgresql://x@127.0.0.1/db")
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_x")
     options = ServerOptions()
-    options.configfile = str(CONF)
+    options.configfile = str(here / "supervisord.conf")
     options.process_config(do_usage=False)
     return {g.name: g for g in options.process_group_configs}
 
 
 def test_one_worker_is_declared_and_the_scaler_starts_the_workers(
-    groups: dict[str, object],
+    groups: dict[str, object], here: Path
 ) -> None:
     workers = groups[GROUP]
     names = [p.name for p in workers.process_configs]  # type: ignore[attr-defined]
@@ -38,7 +49,7 @@ def test_one_worker_is_declared_and_the_scaler_starts_the_workers(
     scaler = groups["worker-scaler"].process_configs[0]  # type: ignore[attr-defined]
     assert scaler.autostart
     assert scaler.command == "python -m worker.scaler"
-    assert scaler.environment["WORKERS_CONF"] == str(ROOT / ".run" / "workers.conf")
+    assert scaler.environment["WORKERS_CONF"] == str(here / ".run" / "workers.conf")
 
 
 def test_the_included_link_leads_to_the_file_the_scaler_writes() -> None:
