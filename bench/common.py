@@ -62,6 +62,24 @@ def as_login(url: str, user: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{auth}@{server}"))
 
 
+def webhook_env(
+    worker_dsn: str, webhook_dsn: str, standin_url: str, *, secret: str, port: int, workers: int
+) -> dict[str, str]:
+    """supervisord's environment for a run with the receiver and a webhook-delivering
+    stand-in: reconciliation out of the way, so every change arrives through an event."""
+    return {
+        "DATABASE_URL": worker_dsn,
+        "WEBHOOK_DATABASE_URL": webhook_dsn,
+        "STRIPE_API_KEY": "sk_test_payment_worker_bench",
+        "STRIPE_API_BASE": standin_url,
+        "STRIPE_WEBHOOK_SECRET": secret,
+        "WEBHOOK_HOST": "127.0.0.1",
+        "WEBHOOK_PORT": str(port),
+        "RIVER_WORKER_COUNT": str(workers),
+        "RECONCILE_AFTER": "3600",
+    }
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

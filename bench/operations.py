@@ -27,7 +27,7 @@ import psycopg
 import stripe
 from stripe_standin.process import StandinProcess
 
-from bench.common import free_port, summary_ms, wait_for
+from bench.common import free_port, summary_ms, wait_for, webhook_env
 from bench.supervised import BenchSupervisord
 
 WORKERS = 1  # as the create RPC's line (section 1): the default
@@ -55,17 +55,9 @@ def run(
         webhook_url=f"http://127.0.0.1:{port}/webhooks/stripe",
         webhook_secret=secret,
     ) as standin:
-        env = {
-            "DATABASE_URL": worker_dsn,
-            "WEBHOOK_DATABASE_URL": webhook_dsn,
-            "STRIPE_API_KEY": "sk_test_payment_worker_bench",
-            "STRIPE_API_BASE": standin.url,
-            "STRIPE_WEBHOOK_SECRET": secret,
-            "WEBHOOK_HOST": "127.0.0.1",
-            "WEBHOOK_PORT": str(port),
-            "RIVER_WORKER_COUNT": str(WORKERS),
-            "RECONCILE_AFTER": "3600",
-        }
+        env = webhook_env(
+            worker_dsn, webhook_dsn, standin.url, secret=secret, port=port, workers=WORKERS
+        )
         with BenchSupervisord(env, tmp) as sup, psycopg.connect(dsn, autocommit=True) as conn:
             sup.wait_workers(WORKERS)
             manual = paid_payments(conn, standin.url, count, "manual", "requires_capture")
