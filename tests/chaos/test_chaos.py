@@ -75,8 +75,8 @@ KILL_INTERVAL = 1.0
 # A liveness bound, not a speed target (make bench measures speed): a killed worker's
 # jobs are running again within it even on a loaded machine (seen: 12 s under load 5).
 MAX_KILL_TO_RESCUE = 20.0
-# Liveness bounds too: quiet-machine figures are about 1 s (the summary line prints them),
-# but with the machine under load a 5 s bound failed at 7.6 s.
+# Liveness bounds too: seen 1 to 2.4 s (the summary line prints them), and 7.6 s
+# with the machine under load, where a 5 s bound failed.
 MAX_RESTART_TO_RESUME = 30.0
 MAX_BACKLOG_SECONDS = 30.0
 DRAIN_DEADLINE = 150.0
