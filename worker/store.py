@@ -201,11 +201,12 @@ class NotificationConnection:
 class _Outcome:
     """One queued outcome statement and, once its transaction is over, its rows or error."""
 
-    __slots__ = ("done", "error", "params", "query", "rows")
+    __slots__ = ("done", "error", "params", "query", "rows", "wake")
 
-    def __init__(self, query: Any, params: dict[str, Any]) -> None:
+    def __init__(self, query: Any, params: dict[str, Any], wake: int | None) -> None:
         self.query = query
         self.params = params
+        self.wake = wake
         self.rows: list[dict[str, Any]] | None = None  # None: not written
         self.error: BaseException | None = None
         self.done = False
@@ -242,9 +243,12 @@ class GroupCommit:
         with self._cond:
             return len(self._queued)
 
-    def execute(self, query: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """Runs one outcome statement, durably, and returns its rows (dict rows)."""
-        item = _Outcome(query, params)
+    def execute(
+        self, query: Any, params: dict[str, Any], wake: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Runs one outcome statement, durably, and returns its rows (dict rows); then
+        hands `wake` (a job id), with the batch's others, to `written`."""
+        item = _Outcome(query, params, wake)
         with self._cond:
             self._queued.append(item)
             while not item.done:
@@ -264,10 +268,11 @@ class GroupCommit:
                     written.done = True
                 self._writing = False
                 self._cond.notify_all()
-        if self._written is not None:
+        woken = [w.wake for w in batch if w.wake is not None]
+        if self._written is not None and woken:
             # After the commit (and after the others were let go): whoever waits
             # for these jobs may read them now.
-            self._written([int(w.params["id"]) for w in batch])
+            self._written(woken)
         return _result(item)
 
     def _write(self, batch: list[_Outcome]) -> None:
@@ -377,9 +382,9 @@ class Store:
         with contextlib.suppress(psycopg.Error):
             self._leases.execute(Q["job_wake"], {"ids": job_ids}, connect=False)
 
-    def _outcome(self, query: Any, params: dict[str, Any]) -> dict[str, Any] | None:
+    def _outcome(self, job: Job, query: Any, params: dict[str, Any]) -> dict[str, Any] | None:
         """A job's outcome, group-committed (GroupCommit): its first row, once durable."""
-        rows = self.outcomes.execute(query, params)
+        rows = self.outcomes.execute(query, params, job.id if job.wait_locked else None)
         return rows[0] if rows else None
 
     def config_get(self) -> QueueSettings:
@@ -454,24 +459,24 @@ class Store:
             "provider_payment_id": intent.provider_payment_id,
             "client_secret": intent.client_secret,
         }
-        row = self._outcome(Q["job_complete_with_intent"], params)
+        row = self._outcome(job, Q["job_complete_with_intent"], params)
         if row is None:
             return False, None
         latency = row["latency_seconds"]
         return bool(row["completed"]), None if latency is None else float(latency)
 
     def job_complete(self, job: Job) -> bool:
-        return _ours(self._outcome(Q["job_set_completed_if_running"], _held(job)))
+        return _ours(self._outcome(job, Q["job_set_completed_if_running"], _held(job)))
 
     def job_retry(self, job: Job, error: dict[str, Any], delay_seconds: float) -> bool:
         params = {**_held(job), "error": json.dumps(error), "delay_seconds": delay_seconds}
-        return _ours(self._outcome(Q["job_set_retryable_if_running"], params))
+        return _ours(self._outcome(job, Q["job_set_retryable_if_running"], params))
 
     def job_discard(self, job: Job, error: dict[str, Any]) -> bool:
         """Discards the job; the database applies its kind's given-up effect
         (payments.job_kind) in the same transaction."""
         params: dict[str, Any] = {**_held(job), "error": json.dumps(error)}
-        return _ours(self._outcome(Q["job_set_discarded_if_running"], params))
+        return _ours(self._outcome(job, Q["job_set_discarded_if_running"], params))
 
     def job_kind_list(self) -> dict[str, str | None]:
         """The kinds the database knows, with their given-up effect functions."""
@@ -506,14 +511,14 @@ class Store:
         """Writes the observation (if newer than the stored one and a move Stripe
         makes), marks the job's event and completes the job, together."""
         params = {**_held(job), "token": token, "intent": json.dumps(intent_json(intent))}
-        row = self._outcome(Q["job_payment_observe"], params)
+        row = self._outcome(job, Q["job_payment_observe"], params)
         assert row is not None
         return Observation(**row)
 
     def job_lifecycle_ignore(self, job: Job, reason: str) -> bool:
         """Completes the job, its event (if any) ignored for `reason`."""
         params = {**_held(job), "reason": reason}
-        return _ours(self._outcome(Q["job_lifecycle_ignore"], params))
+        return _ours(self._outcome(job, Q["job_lifecycle_ignore"], params))
 
     def payment_reconcile_enqueue(self, after_seconds: float, max_jobs: int, rate: float) -> int:
         params = {"after_seconds": after_seconds, "max": max_jobs, "rate": rate}
@@ -549,7 +554,7 @@ class Store:
     ) -> OperationResult:
         """Writes the intent on the payment, decides the operation, completes the job."""
         params = {**_held(job), "token": token, "intent": json.dumps(intent_json(intent))}
-        row = self._outcome(Q["job_operation_finish"], params)
+        row = self._outcome(job, Q["job_operation_finish"], params)
         if row is None:
             return OperationResult(False, None, None, None, None)
         return OperationResult(**row)
@@ -564,7 +569,7 @@ class Store:
     def job_refund_finish(self, job: Job, token: datetime, refund: ObservedRefund) -> RefundResult:
         """Stores Stripe's refund on our row and completes the job."""
         params = {**_held(job), "token": token, "refund": json.dumps(refund_json(refund))}
-        row = self._outcome(Q["job_refund_finish"], params)
+        row = self._outcome(job, Q["job_refund_finish"], params)
         if row is None:
             return RefundResult(False, None, None)
         return RefundResult(**row)

@@ -38,14 +38,15 @@ BEGIN
 END
 $$;
 
--- job_claim, each claimed job's wait lock taken on the claiming (lease) session.
--- A try: a lock held elsewhere (a client holding the key, a stuck earlier
--- attempt) never holds up a claim; its waiter then reads in slices.
+-- job_claim, each claimed job's wait lock taken on the claiming (lease) session;
+-- wait_locked says whether it was (so only those are woken). A try: a lock held
+-- elsewhere (a client holding the key, a stuck earlier attempt) never holds up
+-- a claim; its waiter then reads in slices.
 CREATE FUNCTION payments.job_claim_woken(p_max integer, p_attempted_by text)
 RETURNS TABLE (
     id bigint, kind text, args jsonb, attempt smallint, max_attempts smallint,
     priority smallint, scheduled_at timestamptz, created_at timestamptz, lease_token uuid,
-    error_count integer
+    error_count integer, wait_locked boolean
 )
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -55,9 +56,8 @@ BEGIN
     FOR id, kind, args, attempt, max_attempts, priority, scheduled_at, created_at, lease_token,
         error_count IN SELECT * FROM payments.job_claim(p_max, p_attempted_by) LOOP
         v_wait := payments.job_wait_id(args);
-        IF v_wait IS NOT NULL THEN
-            PERFORM pg_try_advisory_lock(v_class, payments.wait_key(v_wait));
-        END IF;
+        wait_locked := v_wait IS NOT NULL
+                       AND pg_try_advisory_lock(v_class, payments.wait_key(v_wait));
         RETURN NEXT;
     END LOOP;
 END

@@ -10,7 +10,7 @@
 -- Nothing while River UI or a River client has paused our queue. Each job's
 -- wait lock (schema/deploy/woken_wait.sql) is taken on this session too.
 SELECT id, kind, args, attempt, max_attempts, priority, scheduled_at, created_at, lease_token,
-       error_count
+       error_count, wait_locked
 FROM payments.job_claim_woken(%(max_to_lock)s, %(attempted_by)s)
 
 -- name: job_wake
