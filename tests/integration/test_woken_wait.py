@@ -123,3 +123,23 @@ def test_a_worker_dying_mid_job_sends_the_wait_back_to_polling(
     finally:
         other.close()
     assert answer.result(timeout=10) == "pending"
+
+
+def test_a_client_holding_the_key_only_turns_the_wait_back_into_reads(
+    database_url: str,
+    conn: psycopg.Connection,
+    store: Store,
+    awaiting: ThreadPoolExecutor,
+) -> None:
+    payment_id = insert_payment(conn)
+    with psycopg.connect(database_url, autocommit=True) as stranger:
+        stranger.execute(
+            "SELECT pg_advisory_lock(payments.wait_class(), payments.wait_key(%s))", (payment_id,)
+        )
+        job = claim(store)
+        assert job.wait_locked is False, "the claim went ahead without the lock"
+        answer = await_payment(awaiting, database_url, payment_id, "READ COMMITTED")
+        wait_until(lambda: waiting_on_advisory(conn), what="the RPC waiting on the held key")
+        assert store.job_complete_with_intent(job, PaymentIntent(payment_id, "pi_1", "pi_1_s"))[0]
+        # Still held by the stranger: the RPC answers at its next slice's read.
+        assert answer.result(timeout=10) == "pending"
