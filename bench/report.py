@@ -147,7 +147,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             met = "yes" if ratio >= 0 else f"NO: {ratio * 100:+.0f} %"
         add(
             "5",
-            f"No-op, {r['jobs']:,} jobs, {r['workers']} processes: {_label(r)}",
+            f"No-op, {r['jobs']:,} jobs, {r['workers']} processes: {_label(r)}"
+            f" ({COMPLETION.get(r['system'], '?')})",
             f"{r['throughput']:.0f} jobs/s (CPU/job: worker {r['worker_cpu_us_per_job']:.0f} µs,"
             f" server {r['db_cpu_us_per_job']:.0f} µs)",
             target,
@@ -160,15 +161,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         w, c = r["wakeup_ms"], r["commit_to_start_ms"]
         target, met = "-", "-"
         if name == "ours" and peers:
-            p50 = min(p["wakeup_ms"]["p50"] for p in peers)
-            p99 = min(p["wakeup_ms"]["p99"] for p in peers)
+            p50 = min(p["commit_to_start_ms"]["p50"] for p in peers)
+            p99 = min(p["commit_to_start_ms"]["p99"] for p in peers)
             target = f"≤ best peer ({p50:.2f}, {p99:.2f})"
-            met = check_max([("p50", w["p50"], p50, "ms"), ("p99", w["p99"], p99, "ms")])
+            met = check_max([("p50", c["p50"], p50, "ms"), ("p99", c["p99"], p99, "ms")])
         add(
             "5",
-            f"Wake-up at {1 / r['interval_s']:g} jobs/s: {_label(r)}",
-            f"p50 {w['p50']:.2f}, p99 {w['p99']:.2f} ms (from commit: {c['p50']:.2f}, "
-            f"{c['p99']:.2f})",
+            f"Wake-up at {1 / r['interval_s']:g} jobs/s, enqueue committed → job start:"
+            f" {_label(r)} ({CLAIM_COMMIT.get(r['system'], '?')})",
+            f"p50 {c['p50']:.2f}, p99 {c['p99']:.2f} ms (from the enqueue call: "
+            f"{w['p50']:.2f}, {w['p99']:.2f})",
             target,
             met,
         )
@@ -185,6 +187,20 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 
         out += operations.rows(results["operations"])
     return out
+
+
+# How each system commits its claims and how durable a finished job is when it
+# counts as done (printed with the wake-up and no-op rows: the comparison's terms).
+CLAIM_COMMIT = {
+    "ours": "claim synchronous_commit=off",
+    "procrastinate": "claim synchronous_commit=on (server default)",
+    "pgqueuer": "claim synchronous_commit=on (server default)",
+}
+COMPLETION = {
+    "ours": "completion durable at commit (group commit)",
+    "procrastinate": "completion durable at commit, one per job",
+    "pgqueuer": "completion buffered in memory (~0.1 s) before its commit",
+}
 
 
 def _label(r: dict[str, Any]) -> str:
