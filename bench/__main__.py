@@ -144,23 +144,34 @@ def log(message: str) -> None:
 # --- sections -----------------------------------------------------------------------------
 
 
-def section_rpc(create: Any, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
-    dsn = create("rpc", template="tpl")
+def section_rpc(
+    create: Any,
+    args: argparse.Namespace,
+    runs: Path,
+    *,
+    latency_ms: int = 0,
+    workers: int | None = None,
+    calls: int | None = None,
+) -> dict[str, Any]:
+    workers = args.rpc_workers if workers is None else workers
+    calls = args.rpc_calls if calls is None else calls
+    dsn = create(f"rpc{latency_ms}", template="tpl")
     with (
-        StandinProcess(latency_ms=0, quiet=True) as standin,
+        StandinProcess(latency_ms=latency_ms, quiet=True) as standin,
         BenchSupervisord(
             {
                 "DATABASE_URL": as_login(dsn, *args.worker_login),
                 "STRIPE_API_KEY": "sk_test_payment_worker_bench",
                 "STRIPE_API_BASE": standin.url,
-                "RIVER_WORKER_COUNT": str(args.rpc_workers),
+                "RIVER_WORKER_COUNT": str(workers),
             },
-            runs / "rpc",
+            runs / f"rpc{latency_ms}",
         ) as sup,
     ):
-        sup.wait_workers(args.rpc_workers)
-        result = rpc_latency.measure(dsn, args.rpc_calls)
-    result["workers"] = args.rpc_workers
+        sup.wait_workers(workers)
+        result = rpc_latency.measure(dsn, calls, stripe_latency_ms=latency_ms)
+    result["workers"] = workers
+    result["stripe_latency_ms"] = latency_ms
     return result
 
 
@@ -411,7 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--record records a full run: not with --quick or --no-results")
     args.only = set(args.only.split(","))
     # Sized for a 2-core machine: the whole run stays well under 10 minutes.
-    args.rpc_calls, args.rpc_workers = 1000, 1
+    args.rpc_calls, args.rpc_workers, args.rpc300_calls = 1000, 1, 100
     args.noop_jobs, args.latency_jobs, args.latency_interval = 10_000, 300, 0.02
     args.counts, args.warmup, args.duration = (1, 2, 4, 8), 3.0, 8.0
     args.sustained_workers, args.sustained_warmup, args.sustained = 8, 5.0, 60.0
@@ -447,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
         if "rpc" in args.only:
             log(f"RPC latency: {args.rpc_calls} sequential calls, stand-in at 0 ms")
             results["rpc"] = section_rpc(create, args, runs)
+            log("RPC overhead: 100 sequential calls, stand-in at 300 ms, 2 workers")
+            results["rpc300"] = section_rpc(
+                create, args, runs, latency_ms=300, workers=2, calls=args.rpc300_calls
+            )
         if "noop" in args.only:
             results["noop"] = section_noop(create, args, runs)
         if "throughput" in args.only:

@@ -3,8 +3,9 @@
 Runs from bench/.venv-peers (bench/requirements-peers.txt). Each is used the way its
 documentation shows: its own schema installer, its own enqueue API (one call per job,
 its batch API for the pre-inserted jobs), its own worker loop with LISTEN/NOTIFY, an
-async no-op task, and defaults everywhere except the concurrency (10 per process, as
-ours)."""
+async no-op task, and defaults everywhere except the concurrency (10 jobs at once per
+process, as ours: pgqueuer's concurrency_limit, and its dequeue size batch_size the
+same)."""
 
 from __future__ import annotations
 
@@ -123,7 +124,9 @@ class PgQueuer:
             conn = await asyncpg.connect(dsn)
             qm = QueueManager(Queries(AsyncpgDriver(conn)))
 
-            @qm.entrypoint("noop")
+            # batch_size is how many it dequeues per statement, not a cap on jobs
+            # running at once: concurrency_limit is, as for the other systems.
+            @qm.entrypoint("noop", concurrency_limit=concurrency)
             async def noop(job: Any) -> None:
                 started = time.monotonic()
                 payload = json.loads(job.payload)

@@ -16,7 +16,10 @@ BEGIN = "<!-- bench:begin (written by `make bench`; edit outside this block) -->
 END = "<!-- bench:end -->"
 
 # Issue 5's targets.
-RPC_P50, RPC_P99 = 10.0, 25.0
+# Issue 13's: the RPC at stand-in 0 ms, its overhead over the stand-in at 300 ms, reads.
+RPC0_P50, RPC0_P99 = 5.0, 15.0
+RPC300_P50, RPC300_P99 = 3.0, 10.0
+RPC_READS = 10.0
 WAKE_P50, WAKE_P99 = 2.0, 3.5
 SUSTAINED_RATE = 100.0
 WORKER_RSS_MB, TOTAL_RSS_MB = 60.0, 1000.0
@@ -49,9 +52,32 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             "1",
             f"RPC latency ({rpc['n']} calls in a row, stand-in 0 ms, {rpc['workers']} worker)",
             f"p50 {rpc['p50']:.2f}, p95 {rpc['p95']:.2f}, p99 {rpc['p99']:.2f} ms",
-            f"p50 ≤ {RPC_P50:g}, p99 ≤ {RPC_P99:g} ms",
-            check_max([("p50", rpc["p50"], RPC_P50, "ms"), ("p99", rpc["p99"], RPC_P99, "ms")]),
+            f"p50 ≤ {RPC0_P50:g}, p99 ≤ {RPC0_P99:g} ms",
+            check_max([("p50", rpc["p50"], RPC0_P50, "ms"), ("p99", rpc["p99"], RPC0_P99, "ms")]),
         )
+    for key, what, p50, p99 in (
+        ("rpc", "RPC latency, stand-in 0 ms", RPC0_P50, RPC0_P99),
+        ("rpc300", "RPC overhead: latency minus stand-in's 300 ms", RPC300_P50, RPC300_P99),
+    ):
+        r = results.get(key)
+        if not r:
+            continue
+        if key == "rpc300":
+            add(
+                "1",
+                f"{what} ({r['n']} calls in a row, {r['workers']} workers)",
+                f"p50 {r['p50']:.2f}, p95 {r['p95']:.2f}, p99 {r['p99']:.2f} ms",
+                f"p50 ≤ {p50:g}, p99 ≤ {p99:g} ms",
+                check_max([("p50", r["p50"], p50, "ms"), ("p99", r["p99"], p99, "ms")]),
+            )
+        if "reads_per_call" in r:
+            add(
+                "1",
+                f"Reads of the payment row per RPC call ({what.split(':')[0]})",
+                f"{r['reads_per_call']:.1f}",
+                f"≤ {RPC_READS:g}",
+                check_max([("reads", r["reads_per_call"], RPC_READS, "")]),
+            )
     noop = results.get("noop") or {}
     ours = noop.get("ours")
     if ours:
@@ -121,7 +147,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             met = "yes" if ratio >= 0 else f"NO: {ratio * 100:+.0f} %"
         add(
             "5",
-            f"No-op, {r['jobs']:,} jobs, {r['workers']} processes: {_label(r)}",
+            f"No-op, {r['jobs']:,} jobs, {r['workers']} processes: {_label(r)}"
+            f" ({COMPLETION.get(r['system'], '?')})",
             f"{r['throughput']:.0f} jobs/s (CPU/job: worker {r['worker_cpu_us_per_job']:.0f} µs,"
             f" server {r['db_cpu_us_per_job']:.0f} µs)",
             target,
@@ -134,15 +161,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         w, c = r["wakeup_ms"], r["commit_to_start_ms"]
         target, met = "-", "-"
         if name == "ours" and peers:
-            p50 = min(p["wakeup_ms"]["p50"] for p in peers)
-            p99 = min(p["wakeup_ms"]["p99"] for p in peers)
+            p50 = min(p["commit_to_start_ms"]["p50"] for p in peers)
+            p99 = min(p["commit_to_start_ms"]["p99"] for p in peers)
             target = f"≤ best peer ({p50:.2f}, {p99:.2f})"
-            met = check_max([("p50", w["p50"], p50, "ms"), ("p99", w["p99"], p99, "ms")])
+            met = check_max([("p50", c["p50"], p50, "ms"), ("p99", c["p99"], p99, "ms")])
         add(
             "5",
-            f"Wake-up at {1 / r['interval_s']:g} jobs/s: {_label(r)}",
-            f"p50 {w['p50']:.2f}, p99 {w['p99']:.2f} ms (from commit: {c['p50']:.2f}, "
-            f"{c['p99']:.2f})",
+            f"Wake-up at {1 / r['interval_s']:g} jobs/s, enqueue committed → job start:"
+            f" {_label(r)} ({CLAIM_COMMIT.get(r['system'], '?')})",
+            f"p50 {c['p50']:.2f}, p99 {c['p99']:.2f} ms (from the enqueue call: "
+            f"{w['p50']:.2f}, {w['p99']:.2f})",
             target,
             met,
         )
@@ -159,6 +187,20 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 
         out += operations.rows(results["operations"])
     return out
+
+
+# How each system commits its claims and how durable a finished job is when it
+# counts as done (printed with the wake-up and no-op rows: the comparison's terms).
+CLAIM_COMMIT = {
+    "ours": "claim synchronous_commit=off",
+    "procrastinate": "claim synchronous_commit=on (server default)",
+    "pgqueuer": "claim synchronous_commit=on (server default)",
+}
+COMPLETION = {
+    "ours": "completion durable at commit (group commit)",
+    "procrastinate": "completion durable at commit, one per job",
+    "pgqueuer": "completion buffered in memory (~0.1 s) before its commit",
+}
 
 
 def _label(r: dict[str, Any]) -> str:

@@ -25,6 +25,8 @@ class Job:
     lease_token: UUID | None = field(default=None, repr=False)
     # len(errors) at the claim: River's backoff counts errors, not attempts.
     error_count: int = 0
+    # Whether the claim took the job's wait lock, which its outcome then gives up.
+    wait_locked: bool = field(default=False, repr=False)
 
 
 class JobFailure(Exception):

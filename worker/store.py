@@ -6,7 +6,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -198,6 +198,134 @@ class NotificationConnection:
             self._conn = None
 
 
+class _Outcome:
+    """One queued outcome statement and, once its transaction is over, its rows or error."""
+
+    __slots__ = ("done", "error", "params", "query", "rows", "wake")
+
+    def __init__(self, query: Any, params: dict[str, Any], wake: int | None) -> None:
+        self.query = query
+        self.params = params
+        self.wake = wake
+        self.rows: list[dict[str, Any]] | None = None  # None: not written
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class GroupCommit:
+    """Writes outcomes from concurrent job threads together, in one transaction.
+
+    The first thread to arrive writes its outcome and whatever queued meanwhile;
+    outcomes that queue while it writes go in the next transaction, written by one
+    of their own threads. So a lone outcome is one autocommit statement, as before,
+    and concurrent ones share a commit and its WAL flush, with no timer. Every call
+    returns only once its transaction is durable: pooled connections keep
+    synchronous_commit. Each outcome is still fenced by its own function (attempt,
+    lease); if one of a batch fails, the transaction is rolled back and each is
+    written again alone, so one bad outcome never fails or loses the others."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        max_batch: int = 64,
+        written: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._written = written
+        self._max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queued: list[_Outcome] = []
+        self._writing = False
+
+    @property
+    def queued(self) -> int:
+        """Outcomes waiting for the transaction being written to end."""
+        with self._cond:
+            return len(self._queued)
+
+    def execute(
+        self, query: Any, params: dict[str, Any], wake: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Runs one outcome statement, durably, and returns its rows (dict rows); then
+        hands `wake` (a job id), with the batch's others, to `written`."""
+        item = _Outcome(query, params, wake)
+        with self._cond:
+            self._queued.append(item)
+            while not item.done:
+                if not self._writing:
+                    batch = self._queued[: self._max_batch]
+                    del self._queued[: self._max_batch]
+                    self._writing = True
+                    break
+                self._cond.wait()
+            else:
+                return _result(item)
+        try:
+            self._write(batch)
+        finally:
+            with self._cond:
+                for written in batch:
+                    written.done = True
+                self._writing = False
+                self._cond.notify_all()
+        woken = [w.wake for w in batch if w.wake is not None]
+        if self._written is not None and woken:
+            # After the commit (and after the others were let go): whoever waits
+            # for these jobs may read them now.
+            self._written(woken)
+        return _result(item)
+
+    def _write(self, batch: list[_Outcome]) -> None:
+        try:
+            with self._pool.connection() as conn:
+                if len(batch) == 1:
+                    _run_alone(conn, batch[0])
+                    return
+                try:
+                    _run_together(conn, batch)
+                except psycopg.Error:
+                    if conn.closed or conn.broken:
+                        raise
+                    # Rolled back, nothing of it written: each again, on its own.
+                    for item in batch:
+                        _run_alone(conn, item)
+        except BaseException as exc:
+            for item in batch:
+                if item.rows is None and item.error is None:
+                    item.error = exc
+            if not isinstance(exc, Exception):
+                raise
+
+
+def _run_together(conn: psycopg.Connection[Any], batch: list[_Outcome]) -> None:
+    cursors = []
+    with contextlib.ExitStack() as stack:
+        if psycopg.Pipeline.is_supported():
+            stack.enter_context(conn.pipeline())
+        with conn.transaction():
+            for item in batch:
+                cursors.append(conn.cursor(row_factory=dict_row).execute(item.query, item.params))
+    for item, cur in zip(batch, cursors, strict=True):
+        item.rows = cur.fetchall() if cur.description else []
+
+
+def _run_alone(conn: psycopg.Connection[Any], item: _Outcome) -> None:
+    try:
+        cur = conn.cursor(row_factory=dict_row).execute(item.query, item.params)
+        item.rows = cur.fetchall() if cur.description else []
+    except psycopg.Error as exc:
+        if conn.closed or conn.broken:
+            raise
+        item.error = exc
+
+
+def _result(item: _Outcome) -> list[dict[str, Any]]:
+    if item.error is not None:
+        raise item.error
+    assert item.rows is not None
+    return item.rows
+
+
 class SchemaNotDeployed(LookupError):
     """The database lacks the schema (or this version's part of it); the message says
     what to do."""
@@ -228,6 +356,7 @@ class Store:
             conninfo, "payment-worker leases", synchronous_commit=False
         )
         self._leader = DedicatedConnection(conninfo, "payment-worker leader")
+        self.outcomes = GroupCommit(pool, written=self._wake)
 
     def close(self, timeout: float | None = None) -> bool:
         """Gives up the leadership, then closes the dedicated connections: every
@@ -246,6 +375,17 @@ class Store:
             self._leader.execute(Q["leader_resign"], {}, connect=False, wait=left())
         leases = self._leases.close(left())
         return self._leader.close(left()) and leases
+
+    def _wake(self, job_ids: list[int]) -> None:
+        """Gives up the jobs' wait locks (taken by the claim), waking their RPCs. A
+        failure needs no handling: the lease session is gone, its locks with it."""
+        with contextlib.suppress(psycopg.Error):
+            self._leases.execute(Q["job_wake"], {"ids": job_ids}, connect=False)
+
+    def _outcome(self, job: Job, query: Any, params: dict[str, Any]) -> dict[str, Any] | None:
+        """A job's outcome, group-committed (GroupCommit): its first row, once durable."""
+        rows = self.outcomes.execute(query, params, job.id if job.wait_locked else None)
+        return rows[0] if rows else None
 
     def config_get(self) -> QueueSettings:
         """Raises SchemaNotDeployed on a database without the schema (the first query a
@@ -319,27 +459,24 @@ class Store:
             "provider_payment_id": intent.provider_payment_id,
             "client_secret": intent.client_secret,
         }
-        with self._pool.connection() as conn:
-            row = conn.execute(Q["job_complete_with_intent"], params).fetchone()
+        row = self._outcome(job, Q["job_complete_with_intent"], params)
         if row is None:
             return False, None
-        return bool(row[0]), None if row[1] is None else float(row[1])
+        latency = row["latency_seconds"]
+        return bool(row["completed"]), None if latency is None else float(latency)
 
     def job_complete(self, job: Job) -> bool:
-        with self._pool.connection() as conn:
-            return _ours(conn.execute(Q["job_set_completed_if_running"], _held(job)).fetchone())
+        return _ours(self._outcome(job, Q["job_set_completed_if_running"], _held(job)))
 
     def job_retry(self, job: Job, error: dict[str, Any], delay_seconds: float) -> bool:
         params = {**_held(job), "error": json.dumps(error), "delay_seconds": delay_seconds}
-        with self._pool.connection() as conn:
-            return _ours(conn.execute(Q["job_set_retryable_if_running"], params).fetchone())
+        return _ours(self._outcome(job, Q["job_set_retryable_if_running"], params))
 
     def job_discard(self, job: Job, error: dict[str, Any]) -> bool:
         """Discards the job; the database applies its kind's given-up effect
         (payments.job_kind) in the same transaction."""
         params: dict[str, Any] = {**_held(job), "error": json.dumps(error)}
-        with self._pool.connection() as conn:
-            return _ours(conn.execute(Q["job_set_discarded_if_running"], params).fetchone())
+        return _ours(self._outcome(job, Q["job_set_discarded_if_running"], params))
 
     def job_kind_list(self) -> dict[str, str | None]:
         """The kinds the database knows, with their given-up effect functions."""
@@ -374,17 +511,14 @@ class Store:
         """Writes the observation (if newer than the stored one and a move Stripe
         makes), marks the job's event and completes the job, together."""
         params = {**_held(job), "token": token, "intent": json.dumps(intent_json(intent))}
-        with self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            row = cur.execute(Q["job_payment_observe"], params).fetchone()
+        row = self._outcome(job, Q["job_payment_observe"], params)
         assert row is not None
         return Observation(**row)
 
     def job_lifecycle_ignore(self, job: Job, reason: str) -> bool:
         """Completes the job, its event (if any) ignored for `reason`."""
         params = {**_held(job), "reason": reason}
-        with self._pool.connection() as conn:
-            return _ours(conn.execute(Q["job_lifecycle_ignore"], params).fetchone())
+        return _ours(self._outcome(job, Q["job_lifecycle_ignore"], params))
 
     def payment_reconcile_enqueue(self, after_seconds: float, max_jobs: int, rate: float) -> int:
         params = {"after_seconds": after_seconds, "max": max_jobs, "rate": rate}
@@ -420,9 +554,7 @@ class Store:
     ) -> OperationResult:
         """Writes the intent on the payment, decides the operation, completes the job."""
         params = {**_held(job), "token": token, "intent": json.dumps(intent_json(intent))}
-        with self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            row = cur.execute(Q["job_operation_finish"], params).fetchone()
+        row = self._outcome(job, Q["job_operation_finish"], params)
         if row is None:
             return OperationResult(False, None, None, None, None)
         return OperationResult(**row)
@@ -437,9 +569,7 @@ class Store:
     def job_refund_finish(self, job: Job, token: datetime, refund: ObservedRefund) -> RefundResult:
         """Stores Stripe's refund on our row and completes the job."""
         params = {**_held(job), "token": token, "refund": json.dumps(refund_json(refund))}
-        with self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            row = cur.execute(Q["job_refund_finish"], params).fetchone()
+        row = self._outcome(job, Q["job_refund_finish"], params)
         if row is None:
             return RefundResult(False, None, None)
         return RefundResult(**row)
@@ -506,5 +636,5 @@ def _held(job: Job) -> dict[str, Any]:
     return {"id": job.id, "attempt": job.attempt, "lease": job.lease_token}
 
 
-def _ours(row: tuple[Any, ...] | None) -> bool:
-    return row is not None and bool(row[0])
+def _ours(row: dict[str, Any] | None) -> bool:
+    return row is not None and bool(row["ours"])

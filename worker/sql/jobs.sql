@@ -7,10 +7,16 @@
 -- name: job_get_available
 -- Runs on the dedicated lease connection: each claimed job's lease row names
 -- this session, and dies with it.
--- Nothing while River UI or a River client has paused our queue.
+-- Nothing while River UI or a River client has paused our queue. Each job's
+-- wait lock (schema/deploy/woken_wait.sql) is taken on this session too.
 SELECT id, kind, args, attempt, max_attempts, priority, scheduled_at, created_at, lease_token,
-       error_count
-FROM payments.job_claim(%(max_to_lock)s, %(attempted_by)s)
+       error_count, wait_locked
+FROM payments.job_claim_woken(%(max_to_lock)s, %(attempted_by)s)
+
+-- name: job_wake
+-- On the lease connection, after the jobs' outcomes have committed: wakes the RPCs
+-- waiting for them.
+SELECT payments.job_wake(%(ids)s::bigint[]) AS woken
 
 -- name: job_set_completed_if_running
 SELECT payments.job_complete(%(id)s, %(attempt)s, %(lease)s) AS ours
