@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry
@@ -42,68 +43,69 @@ class DatabaseCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        jobs = GaugeMetricFamily(
-            PREFIX + "jobs", "Jobs not yet finalized.", labels=["queue", "kind", "state"]
+        yield _labelled(
+            "jobs", "Jobs not yet finalized.", ["queue", "kind", "state"], snapshot.jobs
         )
-        for queue, kind, state, count in snapshot.jobs:
-            jobs.add_metric([queue, kind, state], count)
-        yield jobs
-        oldest = GaugeMetricFamily(
-            PREFIX + "oldest_available_job_age_seconds",
+        yield _labelled(
+            "oldest_available_job_age_seconds",
             "Age of the oldest job waiting to be claimed (0 when none waits).",
-            labels=["queue"],
+            ["queue"],
+            snapshot.oldest_available,
         )
-        for queue, age in snapshot.oldest_available:
-            oldest.add_metric([queue], age)
-        yield oldest
-        payments = GaugeMetricFamily(
-            PREFIX + "payments_recent",
+        yield _labelled(
+            "payments_recent",
             "Payments created in the last 24 hours, by status.",
-            labels=["status"],
+            ["status"],
+            snapshot.payments,
         )
-        for status, count in snapshot.payments:
-            payments.add_metric([status], count)
-        yield payments
-        unapplied = GaugeMetricFamily(
-            PREFIX + "stripe_events_unapplied",
+        yield _single(
+            "stripe_events_unapplied",
             "Stripe events recorded whose apply job has not applied (nor ignored) them yet.",
+            snapshot.events_unapplied,
         )
-        unapplied.add_metric([], snapshot.events_unapplied)
-        yield unapplied
-        unapplied_age = GaugeMetricFamily(
-            PREFIX + "oldest_unapplied_event_age_seconds",
+        yield _single(
+            "oldest_unapplied_event_age_seconds",
             "Age of the oldest Stripe event not yet applied (0 when none waits).",
+            snapshot.oldest_unapplied_event_age,
         )
-        unapplied_age.add_metric([], snapshot.oldest_unapplied_event_age)
-        yield unapplied_age
-        open_payments = GaugeMetricFamily(
-            PREFIX + "payments_open",
+        yield _labelled(
+            "payments_open",
             "Payments not yet final (succeeded, canceled, failed), whenever created, by status.",
-            labels=["status"],
+            ["status"],
+            snapshot.payments_open,
         )
-        for status, count in snapshot.payments_open:
-            open_payments.add_metric([status], count)
-        yield open_payments
-        expiring = GaugeMetricFamily(
-            PREFIX + "authorizations_expiring",
+        yield _single(
+            "authorizations_expiring",
             "Payments in requires_capture whose authorisation expires within 24 hours.",
+            snapshot.authorizations_expiring,
         )
-        expiring.add_metric([], snapshot.authorizations_expiring)
-        yield expiring
-        expiry = GaugeMetricFamily(
-            PREFIX + "authorization_expiry_seconds",
+        yield _single(
+            "authorization_expiry_seconds",
             "Seconds until the soonest of those authorisations expires (0 when none does).",
+            snapshot.authorization_expiry_seconds,
         )
-        expiry.add_metric([], snapshot.authorization_expiry_seconds)
-        yield expiry
-        refunds = GaugeMetricFamily(
-            PREFIX + "refunds_open",
+        yield _labelled(
+            "refunds_open",
             "Refunds Stripe has not finished (pending_refund, pending, requires_action).",
-            labels=["status"],
+            ["status"],
+            snapshot.refunds_open,
         )
-        for status, count in snapshot.refunds_open:
-            refunds.add_metric([status], count)
-        yield refunds
+
+
+def _single(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(PREFIX + name, documentation)
+    gauge.add_metric([], value)
+    return gauge
+
+
+def _labelled(
+    name: str, documentation: str, labels: list[str], rows: Iterable[Sequence[Any]]
+) -> GaugeMetricFamily:
+    """One sample per row: the labels' values, then the value."""
+    gauge = GaugeMetricFamily(PREFIX + name, documentation, labels=labels)
+    for *values, value in rows:
+        gauge.add_metric([str(v) for v in values], value)
+    return gauge
 
 
 def build_registry(reader: DatabaseReader, multiproc_dir: Path | None) -> CollectorRegistry:
