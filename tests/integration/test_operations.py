@@ -90,7 +90,17 @@ def paid(
     sdk.v1.payment_intents.confirm(intent_id, {"payment_method": "pm_card_visa"})
     wanted = "requires_capture" if capture_method == "manual" else "succeeded"
     reaches(conn, standin, created["payment_id"], wanted)
+    # The status can come from the first event while the others (and any read of the intent
+    # they cause) are still being applied; a dashboard change made now would race them.
+    wait_until(lambda: not jobs_open(conn), "every job finished")
     return created["payment_id"], intent_id
+
+
+def jobs_open(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    return conn.execute(
+        "SELECT kind, state FROM metadata.river_job"
+        " WHERE state NOT IN ('completed', 'discarded', 'cancelled')"
+    ).fetchall()
 
 
 def operation_ids(conn: psycopg.Connection, payment_id: str) -> list[UUID]:
