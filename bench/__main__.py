@@ -1,7 +1,7 @@
 """`make bench`: every measurement of issue 5 in one run, one table, the run's RESULTS.md.
 
     scripts/with-env.sh .venv/bin/python -m bench [--quick]
-        [--only rpc,noop,...,events,operations] [--record]
+        [--only rpc,noop,contention,...,events,operations] [--record]
 
 The run's RESULTS.md goes beside its raw results in bench/.runs/<time>/ (the path is
 printed); --record (`make bench BENCH_RECORD=1`) also rewrites the committed
@@ -32,7 +32,16 @@ import psycopg
 from psycopg import sql
 from stripe_standin.process import StandinProcess
 
-from bench import event_apply, operations, peers_venv, report, rpc_latency, throughput, webhooks
+from bench import (
+    contention,
+    event_apply,
+    operations,
+    peers_venv,
+    report,
+    rpc_latency,
+    throughput,
+    webhooks,
+)
 from bench.common import BENCH_DIR, ROOT, admin_url, as_login, database_url
 from bench.supervised import BenchSupervisord
 
@@ -175,16 +184,20 @@ def section_rpc(
     return result
 
 
-def section_noop(create: Any, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
+def section_noop(
+    create: Any, args: argparse.Namespace, runs: Path, *, variant: str = ""
+) -> dict[str, Any]:
+    """Each system's no-op throughput and wake-up runs; `variant` names the databases and
+    files of a second set of runs (the contention variant)."""
     results: dict[str, Any] = {}
     peers_python = peers_venv.ensure()
     for system in ("ours", "procrastinate", "pgqueuer"):
         if system == "ours":
-            dsn, python = create("noop_ours", template="tpl"), sys.executable
+            dsn, python = create(f"noop{variant}_ours", template="tpl"), sys.executable
         else:
-            dsn, python = create(f"noop_{system}"), str(peers_python)
-        out = runs / f"noop-{system}.json"
-        log(f"no-op jobs: {system}")
+            dsn, python = create(f"noop{variant}_{system}"), str(peers_python)
+        out = runs / f"noop{variant}-{system}.json"
+        log(f"no-op jobs: {system}{' (' + variant + ')' if variant else ''}")
         subprocess.run(
             [
                 python,
@@ -207,7 +220,7 @@ def section_noop(create: Any, args: argparse.Namespace, runs: Path) -> dict[str,
                 "2",
                 *(
                     ["--py-spy", str(peers_venv.py_spy())]
-                    if args.profile and system == "ours"
+                    if args.profile and system == "ours" and not variant
                     else []
                 ),
             ],
@@ -404,7 +417,9 @@ def other_load() -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny runs, to check the harness")
-    parser.add_argument("--only", default="rpc,noop,throughput,webhooks,events,operations")
+    parser.add_argument(
+        "--only", default="rpc,noop,contention,throughput,webhooks,events,operations"
+    )
     parser.add_argument(
         "--results", help="where to write the run's RESULTS.md (default: its bench/.runs/ dir)"
     )
@@ -464,6 +479,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "noop" in args.only:
             results["noop"] = section_noop(create, args, runs)
+        if "contention" in args.only:
+            with contention.background_load() as load:
+                log(
+                    f"contention variant: {load['processes']} busy processes at nice "
+                    f"{load['nice']} for the no-op and wake-up runs"
+                )
+                results["noop_contended"] = section_noop(create, args, runs, variant="_contended")
+            results["contention_load"] = load
         if "throughput" in args.only:
             results["throughput"] = section_throughput(create, args, runs)
         if "webhooks" in args.only:
