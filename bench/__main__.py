@@ -260,6 +260,7 @@ def section_throughput(create: Any, args: argparse.Namespace, runs: Path) -> lis
                     py_spy=peers_venv.py_spy()
                     if args.profile and latency == 0 and workers == args.counts[0]
                     else None,
+                    standin_pid=standin.pid,
                 )
                 result.update(latency_ms=latency, sustained=sustained)
                 log(

@@ -374,8 +374,9 @@ def appendix(results: dict[str, Any]) -> str:
             "### Throughput runs in detail",
             "",
             "| stand-in ms | workers | start-up s | window s | payments/s | worst 5 s | "
-            "inserted | failed | warnings | worker peak RSS MB | all processes MB |",
-            "|" + "---|" * 11,
+            "inserted | failed | warnings | worker peak RSS MB | all processes MB | "
+            "CPU µs/payment: workers, stand-in, server | machine CPU busy |",
+            "|" + "---|" * 13,
         ]
         for r in runs:
             mem = r["memory"]
@@ -388,7 +389,7 @@ def appendix(results: dict[str, Any]) -> str:
                 f"| {r['latency_ms']} | {r['workers']} | {r['startup_s']:.1f} | "
                 f"{r['window_s']:.1f} | {r['rate']:.0f} | {r['worst_window_rate']:.0f} | "
                 f"{r['inserted']} | {r['failed']} | {r['warning_count']} | {per} | "
-                f"{mb(mem['all_hwm_total_kb']):.0f} |"
+                f"{mb(mem['all_hwm_total_kb']):.0f} | {_cpu(r.get('cpu_per_payment'))} |"
             )
         out.append("")
     return "\n".join(out)
@@ -424,6 +425,14 @@ def noop_details(title: str, noop: dict[str, Any]) -> list[str]:
             )
         out.append("")
     return out
+
+
+def _cpu(cpu: dict[str, Any] | None) -> str:
+    if not cpu:
+        return "- | -"
+    parts = [cpu["workers_us"], cpu["standin_us"], cpu["server_us"]]
+    shown = ", ".join("-" if v is None else f"{v:.0f}" for v in parts)
+    return f"{shown} | {cpu['machine_busy']:.2f}"
 
 
 def generated(results: dict[str, Any]) -> str:

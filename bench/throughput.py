@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from bench import profile
+from bench.common import busy_fraction, machine_cpu, process_cpu_seconds
 from bench.supervised import BenchSupervisord
 
 LOW_WATER = 1000
@@ -47,6 +48,46 @@ def worst_window(samples: list[tuple[float, int]], window: float) -> float:
     return worst if worst != float("inf") else float("nan")
 
 
+def cpu_sample(
+    conn: psycopg.Connection[Any], workers: list[int], standin: int | None
+) -> dict[str, Any]:
+    """CPU seconds so far of the workers, the stand-in and every other server process
+    connected to the database, and the machine's (busy, total) jiffies."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchall()
+    server = {pid: process_cpu_seconds(pid) for (pid,) in rows}
+    return {
+        "workers": {pid: process_cpu_seconds(pid) for pid in workers},
+        "standin": process_cpu_seconds(standin) if standin else None,
+        "server": server,
+        "machine": machine_cpu(),
+    }
+
+
+def cpu_per_payment(
+    before: dict[str, Any], after: dict[str, Any], payments: int
+) -> dict[str, float | None]:
+    """µs of CPU per payment done in the window: workers, stand-in, server; and how busy
+    the machine was (a process that ended or started in the window counts from its
+    sample on: the figures are a floor)."""
+
+    def spent(a: dict[int, float | None], b: dict[int, float | None]) -> float:
+        return sum((b[p] or 0.0) - (a.get(p) or 0.0) for p in b if b[p] is not None)
+
+    per = 1e6 / payments if payments else float("nan")
+    standin = None
+    if before["standin"] is not None and after["standin"] is not None:
+        standin = (after["standin"] - before["standin"]) * per
+    return {
+        "workers_us": spent(before["workers"], after["workers"]) * per,
+        "standin_us": standin,
+        "server_us": spent(before["server"], after["server"]) * per,
+        "machine_busy": busy_fraction(before["machine"], after["machine"]),
+    }
+
+
 def run(
     dsn: str,
     worker_dsn: str,
@@ -57,6 +98,7 @@ def run(
     duration: float,
     tmp: Path,
     py_spy: Path | None = None,
+    standin_pid: int | None = None,
 ) -> dict[str, Any]:
     """One run: the workers connect with `worker_dsn`, the inserts and counts with `dsn`.
     With `py_spy`, the first worker is sampled during the window and tmp/profile.txt
@@ -94,15 +136,20 @@ def run(
             time.sleep(warmup)
             spy = profile.start(py_spy, sup.worker_pids()[0], duration - 1, tmp / "profile.raw")
         deadline = t_begin + warmup + duration
+        cpu_before: dict[str, Any] | None = None
         while True:
             now = time.monotonic()
             row = conn.execute(BACKLOG).fetchone()
             backlog = int(row[0]) if row else 0
             samples.append((now, inserted - backlog))
+            if cpu_before is None and now >= t_begin + warmup:
+                cpu_before = cpu_sample(conn, sup.worker_pids(), standin_pid)
             if now >= deadline:
                 break
             top_up(backlog)
             time.sleep(max(0.0, POLL - (time.monotonic() - now)))
+        assert cpu_before is not None
+        cpu_after = cpu_sample(conn, sup.worker_pids(), standin_pid)
         memory = sup.memory()
         if spy:
             spy.wait(30)
@@ -124,6 +171,7 @@ def run(
         "inserted": inserted,
         "failed": failed,
         "memory": memory,
+        "cpu_per_payment": cpu_per_payment(cpu_before, cpu_after, c1 - c0),
         "warnings": warnings[:5],
         "warning_count": len(warnings),
     }
