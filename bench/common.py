@@ -8,7 +8,7 @@ import os
 import socket
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -105,6 +105,19 @@ def process_cpu_seconds(pid: int) -> float | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# Every other server process connected to the database the query runs in.
+OTHER_BACKENDS = (
+    "SELECT pid FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
+def cpu_seconds_of(pids: Iterable[int]) -> dict[int, float]:
+    """pid → CPU seconds so far, of those of `pids` still alive."""
+    found = {pid: process_cpu_seconds(pid) for pid in pids}
+    return {pid: s for pid, s in found.items() if s is not None}
 
 
 def machine_cpu() -> tuple[float, float]:

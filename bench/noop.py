@@ -39,8 +39,10 @@ import psycopg
 
 from bench import profile
 from bench.common import (
+    OTHER_BACKENDS,
     ROOT,
     busy_fraction,
+    cpu_seconds_of,
     machine_cpu,
     proc_status_kb,
     process_cpu_seconds,
@@ -118,16 +120,8 @@ async def wait_done(
 
 async def backend_cpu(conn: psycopg.AsyncConnection[Any]) -> dict[int, float]:
     """CPU seconds so far of every other server process connected to this database."""
-    cur = await conn.execute(
-        "SELECT pid FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    )
-    cpu = {}
-    for (pid,) in await cur.fetchall():
-        seconds = process_cpu_seconds(pid)
-        if seconds is not None:
-            cpu[pid] = seconds
-    return cpu
+    cur = await conn.execute(OTHER_BACKENDS)
+    return cpu_seconds_of(pid for (pid,) in await cur.fetchall())
 
 
 def start_workers(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from bench import profile
-from bench.common import busy_fraction, machine_cpu, process_cpu_seconds
+from bench.common import OTHER_BACKENDS, busy_fraction, cpu_seconds_of, machine_cpu
 from bench.supervised import BenchSupervisord
 
 LOW_WATER = 1000
@@ -52,15 +52,12 @@ def cpu_sample(
     conn: psycopg.Connection[Any], workers: list[int], standin: int | None
 ) -> dict[str, Any]:
     """CPU seconds so far of the workers, the stand-in and every other server process
-    connected to the database, and the machine's (busy, total) jiffies."""
-    rows = conn.execute(
-        "SELECT pid FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    ).fetchall()
-    server = {pid: process_cpu_seconds(pid) for (pid,) in rows}
+    connected to the database (each pid → seconds, the living ones), and the machine's
+    (busy, total) jiffies."""
+    server = cpu_seconds_of(pid for (pid,) in conn.execute(OTHER_BACKENDS).fetchall())
     return {
-        "workers": {pid: process_cpu_seconds(pid) for pid in workers},
-        "standin": process_cpu_seconds(standin) if standin else None,
+        "workers": cpu_seconds_of(workers),
+        "standin": cpu_seconds_of([standin] if standin else []),
         "server": server,
         "machine": machine_cpu(),
     }
@@ -70,16 +67,16 @@ def cpu_per_payment(
     before: dict[str, Any], after: dict[str, Any], payments: int
 ) -> dict[str, float | None]:
     """µs of CPU per payment done in the window: workers, stand-in, server; and how busy
-    the machine was (a process that ended or started in the window counts from its
-    sample on: the figures are a floor)."""
+    the machine was. A process gone by the end of the window is left out, and one that
+    started in it counts from its start: the sums cover what was alive at the end."""
 
-    def spent(a: dict[int, float | None], b: dict[int, float | None]) -> float:
-        return sum((b[p] or 0.0) - (a.get(p) or 0.0) for p in b if b[p] is not None)
+    def spent(a: dict[int, float], b: dict[int, float]) -> float:
+        return sum(seconds - a.get(pid, 0.0) for pid, seconds in b.items())
 
     per = 1e6 / payments if payments else float("nan")
     standin = None
-    if before["standin"] is not None and after["standin"] is not None:
-        standin = (after["standin"] - before["standin"]) * per
+    if before["standin"] and after["standin"]:
+        standin = spent(before["standin"], after["standin"]) * per
     return {
         "workers_us": spent(before["workers"], after["workers"]) * per,
         "standin_us": standin,
