@@ -137,6 +137,7 @@ def test_with_a_secret_a_signed_event_is_stored_and_counted_on_the_exporter(
 
     assert deliver("whsec_an_old_one") == (400, {"error": "invalid signature"})
     assert deliver(SECRET) == (200, {"received": True, "outcome": "stored"})
+
     # The workers run too: the stored event may already be applied when we look, so wait
     # for that, the end of its path, rather than race them for "pending".
     def stored() -> str:
