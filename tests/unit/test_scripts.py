@@ -96,3 +96,27 @@ def test_a_root_install_is_announced_before_apt_get_runs(tmp_path: Path) -> None
         "(apt-get update ran)",
         "(apt-get install ran)",
     ]
+
+
+def test_a_wrapped_tool_finds_the_other_unpacked_tools_by_name(tmp_path: Path) -> None:
+    """An ordinary user's `.tools/bin/sqitch` runs `psql` by name: the wrapper's environment
+    puts .tools/bin first on PATH, so the unpacked psql is found without a system one."""
+    tools = tmp_path / ".tools"
+    (tools / "root" / "usr" / "bin").mkdir(parents=True)
+    (tools / "root" / "usr" / "bin" / "sqitch").write_text("#!/bin/sh\nexec psql --version\n")
+    (tools / "root" / "usr" / "bin" / "sqitch").chmod(0o755)
+    script = (
+        f". {ROOT}/scripts/lib.sh; TOOLS={tools} TOOLS_ROOT={tools}/root;"
+        " tools_write_env; tools_wrap sqitch usr/bin/sqitch;"
+        f" printf '#!/bin/sh\\necho unpacked psql\\n' >{tools}/bin/psql; chmod +x {tools}/bin/psql"
+    )
+    subprocess.run(["bash", "-c", script], capture_output=True, timeout=30, check=True)
+    done = subprocess.run(
+        [str(tools / "bin" / "sqitch")],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout == "unpacked psql\n"
