@@ -274,14 +274,16 @@ Watch the jobs:
   $PSQL_CMD "$U_SAFE" -c "SELECT id, state, attempt, attempted_by FROM metadata.river_job ORDER BY id DESC LIMIT 5;"
 EOF
 if [[ -n $STANDIN ]]; then
+  # The stand-in's module lives in the checkout: its lines go there first, from any shell.
+  IN_REPO="cd $(printf '%q' "$REPO") &&"
   cat <<EOF
 Pay it as a customer would, with a test card (PAYMENT_ID: the payment_id it printed; the
 stand-in takes any sk_test_ key, and this one is nobody's secret):
-  STRIPE_API_KEY=sk_test_customer $VENV_BIN/python -m stripe_standin pay --api-base $STRIPE_API_BASE PAYMENT_ID --card pm_card_visa
+  $IN_REPO STRIPE_API_KEY=sk_test_customer .venv/bin/python -m stripe_standin pay --api-base $STRIPE_API_BASE PAYMENT_ID --card pm_card_visa
 Read it, succeeded once Stripe's webhook has told the database:
   $PSQL_CMD "$U_SAFE" -c "SELECT get_payment('PAYMENT_ID');"
 Other test cards: pm_card_chargeDeclined (declined: pay again with another card) and
-pm_card_authenticationRequired (then: $VENV_BIN/python -m stripe_standin 3ds --api-base $STRIPE_API_BASE PAYMENT_ID --succeed).
+pm_card_authenticationRequired (then: $IN_REPO .venv/bin/python -m stripe_standin 3ds --api-base $STRIPE_API_BASE PAYMENT_ID --succeed).
 EOF
 fi
 cat <<EOF

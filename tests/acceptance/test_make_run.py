@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -70,8 +71,15 @@ def _restore_pg_env(pg_env: Path, previous: bytes | None) -> None:
 
 def pasted(line: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """A printed line run as a developer pastes it into a shell; it must succeed."""
+    # From a directory of its own, as a new shell starts: the line must not need the checkout.
     done = subprocess.run(
-        ["bash", "-c", line], env=env, capture_output=True, text=True, timeout=60, check=False
+        ["bash", "-c", line],
+        env=env,
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return done
@@ -172,7 +180,9 @@ def test_make_run_prints_working_lines_to_create_pay_and_read_and_ctrl_c_stops_e
 
         # Pay it as a customer would, then read it succeeded: the webhook told the database
         # (reconciliation waits RECONCILE_AFTER, 10 minutes, so it is not what did it).
-        pay_line = re.search(r"^\s*(STRIPE_API_KEY=\S+ \S+ -m stripe_standin pay .*)$", text, re.M)
+        pay_line = re.search(
+            r"^\s*(cd \S+ && STRIPE_API_KEY=\S+ \S+ -m stripe_standin pay .*)$", text, re.M
+        )
         read_line = re.search(r"^\s*(psql .*get_payment\('PAYMENT_ID'\).*)$", text, re.M)
         assert pay_line and read_line, text
         payment_id = payment["payment_id"]
