@@ -184,7 +184,8 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
 
 
 def checkout_copy(dest: Path) -> Path:
-    """The checkout's files (tracked and new, not ignored) copied to `dest`."""
+    """The checkout's files (tracked and new, not ignored) copied to `dest`, a link as a
+    link (supervisord.workers.conf points into the copy's own .run/, as in a fresh clone)."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
         cwd=ROOT,
@@ -194,7 +195,10 @@ def checkout_copy(dest: Path) -> Path:
     ).stdout
     for name in filter(None, listed.decode().split("\0")):
         source = ROOT / name
-        if source.is_file():
+        if source.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).symlink_to(source.readlink())
+        elif source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     return dest
