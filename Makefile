@@ -43,6 +43,7 @@ stop: ## stop what make run / make test started here (supervisord, stand-in, pri
 bench: venv ## benchmark: RPC latency, wake-up, throughput, RSS, vs procrastinate, pgqueuer; BENCH_RECORD=1 rewrites bench/RESULTS.md
 	@scripts/with-env.sh $(VENV)/bin/python -m bench $(if $(filter 1,$(BENCH_RECORD)),--record) $(BENCH_ARGS)
 
-clean: ## stop the private PostgreSQL cluster and remove .run (keeps .venv and .tools)
+clean: ## stop what make run / make test started here, then remove .run with the private cluster's data (keeps .venv and .tools)
+	@scripts/stop.sh
 	@scripts/stop-postgres.sh --remove
 	@rm -rf .run
