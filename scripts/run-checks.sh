@@ -27,6 +27,12 @@ if [[ -n $key && ! $key =~ ^(sk|rk)_(test|live)_[A-Za-z0-9_]+$ ]]; then
     "or a restricted key (rk_…); unset it to use the stand-in"
 fi
 
+# worker/scaler.py's bounds (MAX_WORKERS): past them the scaler stops and the RPC times out.
+count=${RIVER_WORKER_COUNT:-1}
+if [[ ! $count =~ ^[0-9]+$ ]] || ((10#$count < 1 || 10#$count > 32)); then
+  problem "RIVER_WORKER_COUNT must be a whole number from 1 to 32, got '$count'"
+fi
+
 # The ports make run will bind: VAR HOST DEFAULT WHAT, for what it starts.
 ports=()
 standin=

@@ -98,6 +98,15 @@ def test_a_key_that_is_not_a_secret_key_is_refused_up_front(url: str, key: str) 
         assert "a publishable key (pk_…)" in line
 
 
+@pytest.mark.parametrize("count", ["0", "33", "two", "-1"])
+def test_a_worker_count_the_scaler_would_refuse_is_refused_up_front(url: str, count: str) -> None:
+    line = refused({**run_env(url), "RIVER_WORKER_COUNT": count})
+    assert (
+        line
+        == f"make run: error: RIVER_WORKER_COUNT must be a whole number from 1 to 32, got '{count}'"
+    )
+
+
 def test_every_port_in_use_is_one_line_naming_its_variable(url: str, busy_ports: list[int]) -> None:
     standin, webhook, metrics = busy_ports
     env = {
