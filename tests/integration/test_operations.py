@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -115,6 +116,20 @@ def keys_held(standin: StandinProcess) -> set[str]:
     return {k["key"] for k in standin.admin.idempotency_keys()}
 
 
+def capture_before_at_stripe(sdk: stripe.StripeClient, intent_id: str) -> datetime:
+    """The authorisation's deadline as Stripe gives it: the charge's card details."""
+    charge = sdk.v1.payment_intents.retrieve(intent_id, {"expand": ["latest_charge"]}).latest_charge
+    assert isinstance(charge, stripe.Charge), charge  # expanded, as Stripe does
+    card = charge.payment_method_details.card  # type: ignore[union-attr]
+    assert card is not None and card.capture_before is not None
+    return datetime.fromtimestamp(card.capture_before, UTC)
+
+
+def shown_time(value: str | None) -> datetime | None:
+    """A timestamptz as get_payment shows it (JSON text)."""
+    return None if value is None else datetime.fromisoformat(value)
+
+
 # --- capture ------------------------------------------------------------------------------------
 
 
@@ -132,12 +147,8 @@ def test_a_manual_payment_waits_authorised_and_is_captured_in_full(
         Decimal("0.00"),
     )
     assert intent_of(standin, payment_id)["capture_method"] == "manual"
-    charge = sdk.v1.payment_intents.retrieve(intent_id, {"expand": ["latest_charge"]}).latest_charge
-    if isinstance(charge, stripe.Charge):  # a stand-in that expands it, as Stripe does
-        card = charge.payment_method_details.card  # type: ignore[union-attr]
-        assert card is not None and authorised["capture_before"] is not None
-    else:
-        assert authorised["capture_before"] is None  # not known without the charge
+    # The very deadline Stripe gave the authorisation, to the second.
+    assert shown_time(authorised["capture_before"]) == capture_before_at_stripe(sdk, intent_id)
 
     captured = operate(database_url, "SELECT capture_payment(%s)", payment_id)
 
