@@ -154,6 +154,41 @@ def test_a_capture_stripe_refuses_fails_with_stripes_words(
     assert job[1][-1]["caller_message"] == error  # what the waiting RPC raises after "failed: "
 
 
+def test_a_capture_refused_because_the_authorisation_expired_shows_the_payment_canceled(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    sdk: stripe.StripeClient,
+) -> None:
+    """Stripe's refusal says nothing of the payment, but its intent is canceled: giving
+    the capture up re-reads the payment at once (a sync_payment job), written as any
+    observation, rather than leaving it requires_capture for an event or the reconciler."""
+    payment_id, intent_id = authorised(conn, store, executor, sdk)
+    operation_id = request(conn, payment_id, "capture")
+    standin.admin.expire_authorization(intent_id)
+
+    executor.execute(claim(store))  # the capture: refused, given up
+
+    assert operation_status(conn, operation_id)[0] == "failed"
+    assert payment_row(conn, payment_id)["status"] == "requires_capture"
+    waiting = conn.execute(
+        "SELECT kind, args->>'payment_id' FROM metadata.river_job WHERE state = 'available'"
+    ).fetchall()
+    assert waiting == [("sync_payment", str(payment_id))]
+
+    executor.execute(claim(store))  # the sync_payment job
+
+    row = payment_row(conn, payment_id)
+    assert (row["status"], row["provider_status"], row["cancellation_reason"]) == (
+        "canceled",
+        "canceled",
+        "automatic",
+    )
+    assert row["amount_capturable"] == 0
+    assert operation_status(conn, operation_id)[0] == "failed"  # the request stays refused
+
+
 # --- a refund given up, and Stripe's refund that turns up after all -----------------------------
 
 
