@@ -291,7 +291,7 @@ def test_a_refund_given_up_behind_a_lost_answer_is_taken_back_when_its_event_arr
     assert len(standin.admin.refunds()) == 1  # taken back, not made again
 
 
-def test_a_refund_at_stripe_with_our_id_but_not_our_amount_fails_the_row(
+def test_a_refund_at_stripe_with_our_id_but_not_our_amount_is_never_taken_for_ours(
     conn: psycopg.Connection,
     store: Store,
     executor: JobExecutor,
@@ -300,7 +300,8 @@ def test_a_refund_at_stripe_with_our_id_but_not_our_amount_fails_the_row(
 ) -> None:
     """The retry lists the intent's refunds first and finds one carrying this refund's id
     in its metadata, for another amount (made by hand, say): not this refund. The row
-    fails, saying so, and nothing more is refunded."""
+    fails, saying so, and nothing more is refunded; that refund's own event then records
+    it as one made elsewhere, for its own amount, not onto the failed row."""
     payment_id, intent_id = paid(conn, store, executor, sdk)
     refund_id = refund_requested(conn, payment_id, 1000)
     standin.admin.configure(drop=1.0)
@@ -324,3 +325,17 @@ def test_a_refund_at_stripe_with_our_id_but_not_our_amount_fails_the_row(
         " not this refund; check it in Stripe",
     )
     assert [r["id"] for r in standin.admin.refunds()] == [by_hand.id]
+
+    # Its refund.created, recorded as the receiver records it, and applied.
+    (created,) = [e for e in standin.admin.events() if e["type"] == "refund.created"]
+    assert record(conn, created) == "stored"
+    executor.execute(claim(store))  # the apply_stripe_event job
+
+    assert refund_row(conn, refund_id)[:2] == ("failed", None)
+    elsewhere = conn.execute(
+        "SELECT amount, status, source FROM payments.refunds"
+        " WHERE payment_id = %s AND provider_refund_id = %s",
+        (payment_id, by_hand.id),
+    ).fetchall()
+    assert elsewhere == [(500, "succeeded", "stripe")]
+    assert amount_refunded(conn, payment_id) == 500  # what Stripe refunded, no more

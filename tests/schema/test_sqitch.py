@@ -542,7 +542,7 @@ def test_payment_operations_reverts_to_exactly_what_was_there(
         assert lifecycle_catalog(conn) == deployed
 
 
-@pytest.mark.parametrize("change", ["operation_given_up_resync"])
+@pytest.mark.parametrize("change", ["operation_given_up_resync", "refund_take_back_same_amount"])
 def test_a_change_that_replaces_functions_reverts_to_exactly_what_was_there(
     empty_database: MakeDatabase, change: str
 ) -> None:
