@@ -193,7 +193,9 @@ class _IntentOperation:
     ) -> tuple[datetime, ObservedIntent]:
         """A permanent refusal may mean it is done already (captured or canceled by an
         earlier request, or by Stripe): then the intent as it is now finishes the
-        operation. Otherwise the refusal stands, with Stripe's words."""
+        operation. Otherwise the refusal stands, with Stripe's words; giving the job up
+        re-reads the payment (payments.payment_operation_given_up queues a sync_payment),
+        so an intent Stripe moved on (an expired authorisation) reaches the payment."""
         if not exc.permanent:
             raise failure(exc, context) from exc
         token = self._store.observation_token()

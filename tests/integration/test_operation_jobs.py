@@ -4,15 +4,26 @@ thread), where their order against the create job and Stripe's saved answers mat
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
 import pytest
 import stripe
+from psycopg.rows import dict_row
 
 from stripe_standin.client import create_then_5xx
 from stripe_standin.process import StandinProcess
-from tests.integration.rows import claim, insert_payment, job_id_of, job_row, payment_row
+from tests import pg
+from tests.integration.lifecycle import event_row, record
+from tests.integration.rows import (
+    claim,
+    insert_payment,
+    job_id_of,
+    job_row,
+    make_due_and_claim,
+    payment_row,
+)
 from tests.integration.standin_flows import sdk_client
 from worker.executor import JobExecutor
 from worker.store import Store
@@ -141,3 +152,190 @@ def test_a_capture_stripe_refuses_fails_with_stripes_words(
     ).fetchone()
     assert job is not None and job[0] == "discarded"
     assert job[1][-1]["caller_message"] == error  # what the waiting RPC raises after "failed: "
+
+
+def test_a_capture_refused_because_the_authorisation_expired_shows_the_payment_canceled(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    sdk: stripe.StripeClient,
+) -> None:
+    """Stripe's refusal says nothing of the payment, but its intent is canceled: giving
+    the capture up re-reads the payment at once (a sync_payment job), written as any
+    observation, rather than leaving it requires_capture for an event or the reconciler."""
+    payment_id, intent_id = authorised(conn, store, executor, sdk)
+    operation_id = request(conn, payment_id, "capture")
+    standin.admin.expire_authorization(intent_id)
+
+    executor.execute(claim(store))  # the capture: refused, given up
+
+    assert operation_status(conn, operation_id)[0] == "failed"
+    assert payment_row(conn, payment_id)["status"] == "requires_capture"
+    waiting = conn.execute(
+        "SELECT kind, args->>'payment_id' FROM metadata.river_job WHERE state = 'available'"
+    ).fetchall()
+    assert waiting == [("sync_payment", str(payment_id))]
+
+    executor.execute(claim(store))  # the sync_payment job
+
+    row = payment_row(conn, payment_id)
+    assert (row["status"], row["provider_status"], row["cancellation_reason"]) == (
+        "canceled",
+        "canceled",
+        "automatic",
+    )
+    assert row["amount_capturable"] == 0
+    assert operation_status(conn, operation_id)[0] == "failed"  # the request stays refused
+
+
+# --- a refund given up, and Stripe's refund that turns up after all -----------------------------
+
+
+def paid(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, sdk: stripe.StripeClient
+) -> tuple[UUID, str]:
+    """A payment the customer paid with a card, succeeded in the database too: (its id, its
+    intent's)."""
+    payment_id = insert_payment(conn, owner_role=pg.USER)
+    executor.execute(claim(store))  # the create job
+    intent_id = str(payment_row(conn, payment_id)["provider_payment_id"])
+    sdk.v1.payment_intents.confirm(intent_id, {"payment_method": "pm_card_visa"})
+    conn.execute("SELECT payments.resync(%s)", (payment_id,))
+    executor.execute(claim(store))  # the sync_payment job
+    assert payment_row(conn, payment_id)["status"] == "succeeded"
+    return payment_id, intent_id
+
+
+def refund_requested(conn: psycopg.Connection, payment_id: UUID, amount: int) -> UUID:
+    """A refund as refund_payment records it; its trigger enqueues its create_refund job."""
+    refund_id = uuid4()
+    conn.execute(
+        "INSERT INTO payments.refunds (id, payment_id, amount, currency, source, requested_role)"
+        " VALUES (%s, %s, %s, 'USD', 'rpc', session_user)",
+        (refund_id, payment_id, amount),
+    )
+    return refund_id
+
+
+def refund_row(conn: psycopg.Connection, refund_id: UUID) -> tuple[str, str | None, str | None]:
+    """(status, provider_refund_id, failure_reason)"""
+    row = conn.execute(
+        "SELECT status, provider_refund_id, failure_reason FROM payments.refunds WHERE id = %s",
+        (refund_id,),
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+def refund_job(conn: psycopg.Connection, refund_id: UUID) -> dict[str, Any]:
+    cur = conn.cursor(row_factory=dict_row)
+    row = cur.execute(
+        "SELECT id, state, errors FROM metadata.river_job"
+        " WHERE kind = 'create_refund' AND args->>'refund_id' = %s",
+        (str(refund_id),),
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def amount_refunded(conn: psycopg.Connection, payment_id: UUID) -> int:
+    row = conn.execute(
+        "SELECT (get_payment(%s)->>'amount_refunded')::numeric * 100", (payment_id,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_refund_given_up_behind_a_lost_answer_is_taken_back_when_its_event_arrives(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    sdk: stripe.StripeClient,
+) -> None:
+    """The job's last attempt makes the refund at Stripe, but every answer is lost (the
+    list it asks before giving up too): the job is discarded and the refund fails. Stripe's
+    refund.created then arrives; applying it takes Stripe's refund back onto the row by its
+    metadata.refund_id (README, "Job kinds and giving up")."""
+    payment_id, _ = paid(conn, store, executor, sdk)
+    conn.execute("UPDATE payments.config SET max_attempts = 1")  # the first attempt is the last
+    refund_id = refund_requested(conn, payment_id, 1000)
+    standin.admin.configure(lose_response=1.0)
+    executor.execute(claim(store))
+    standin.admin.configure(lose_response=0.0)
+
+    # Phase 1: given up, though Stripe holds the refund.
+    (made,) = standin.admin.refunds()
+    assert (made["metadata"]["refund_id"], made["amount"], made["status"]) == (
+        str(refund_id),
+        1000,
+        "succeeded",
+    )
+    assert refund_job(conn, refund_id)["state"] == "discarded"
+    assert refund_row(conn, refund_id) == (
+        "failed",
+        None,
+        f"the refund could not be made (refund {refund_id}); the operator has the details",
+    )
+    assert amount_refunded(conn, payment_id) == 0
+
+    # Phase 2: its event, recorded as the receiver records it, and applied.
+    (created,) = [e for e in standin.admin.events() if e["type"] == "refund.created"]
+    assert record(conn, created) == "stored"
+    executor.execute(claim(store))  # the apply_stripe_event job
+
+    assert event_row(conn, created["id"])["outcome"] == "applied"
+    assert refund_row(conn, refund_id) == ("succeeded", made["id"], None)
+    assert amount_refunded(conn, payment_id) == 1000
+    assert len(standin.admin.refunds()) == 1  # taken back, not made again
+
+
+def test_a_refund_at_stripe_with_our_id_but_not_our_amount_is_never_taken_for_ours(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    sdk: stripe.StripeClient,
+) -> None:
+    """The retry lists the intent's refunds first and finds one carrying this refund's id
+    in its metadata, for another amount (made by hand, say): not this refund. The row
+    fails, saying so, and nothing more is refunded; that refund's own event then records
+    it as one made elsewhere, for its own amount, not onto the failed row."""
+    payment_id, intent_id = paid(conn, store, executor, sdk)
+    refund_id = refund_requested(conn, payment_id, 1000)
+    standin.admin.configure(drop=1.0)
+    executor.execute(claim(store))  # nothing reaches Stripe
+    standin.admin.configure(drop=0.0)
+    job_id = refund_job(conn, refund_id)["id"]
+    assert refund_job(conn, refund_id)["state"] == "retryable"
+    assert standin.admin.refunds() == []
+    by_hand = sdk.v1.refunds.create(
+        {"payment_intent": intent_id, "amount": 500, "metadata": {"refund_id": str(refund_id)}},
+        {"idempotency_key": "by-hand"},
+    )
+
+    executor.execute(make_due_and_claim(conn, store, job_id))
+
+    assert refund_job(conn, refund_id)["state"] == "completed"
+    assert refund_row(conn, refund_id) == (
+        "failed",
+        None,
+        f"Stripe answered with refund {by_hand.id} of 500 usd for request {refund_id}:"
+        " not this refund; check it in Stripe",
+    )
+    assert [r["id"] for r in standin.admin.refunds()] == [by_hand.id]
+
+    # Its refund.created, recorded as the receiver records it, and applied.
+    (created,) = [e for e in standin.admin.events() if e["type"] == "refund.created"]
+    assert record(conn, created) == "stored"
+    executor.execute(claim(store))  # the apply_stripe_event job
+
+    assert refund_row(conn, refund_id)[:2] == ("failed", None)
+    elsewhere = conn.execute(
+        "SELECT amount, status, source FROM payments.refunds"
+        " WHERE payment_id = %s AND provider_refund_id = %s",
+        (payment_id, by_hand.id),
+    ).fetchall()
+    assert elsewhere == [(500, "succeeded", "stripe")]
+    assert amount_refunded(conn, payment_id) == 500  # what Stripe refunded, no more

@@ -1,12 +1,15 @@
 """capture_payment, cancel_payment and refund_payment end to end: the RPCs, a whole worker,
 the real SDK against the stand-in. Events reach the database as the webhook receiver records
-them (payments.stripe_event_record), taken from the stand-in's own list."""
+them (payments.stripe_event_record), taken from the stand-in's own list; the expired
+authorisation's are signed and delivered by the stand-in to the real receiver."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -17,8 +20,10 @@ from psycopg import sql
 
 from stripe_standin.process import StandinProcess
 from tests import pg
+from tests.integration.conftest import MakeRole, role_url
 from tests.integration.lifecycle import record
 from tests.integration.standin_flows import sdk_client, wait_until
+from tests.webhook_support import SECRET, TEST_KEY, Receiver
 
 CREATE = "SELECT create_payment_intent_sync(%s, %s, %s)"
 
@@ -115,6 +120,20 @@ def keys_held(standin: StandinProcess) -> set[str]:
     return {k["key"] for k in standin.admin.idempotency_keys()}
 
 
+def capture_before_at_stripe(sdk: stripe.StripeClient, intent_id: str) -> datetime:
+    """The authorisation's deadline as Stripe gives it: the charge's card details."""
+    charge = sdk.v1.payment_intents.retrieve(intent_id, {"expand": ["latest_charge"]}).latest_charge
+    assert isinstance(charge, stripe.Charge), charge  # expanded, as Stripe does
+    card = charge.payment_method_details.card  # type: ignore[union-attr]
+    assert card is not None and card.capture_before is not None
+    return datetime.fromtimestamp(card.capture_before, UTC)
+
+
+def shown_time(value: str | None) -> datetime | None:
+    """A timestamptz as get_payment shows it (JSON text)."""
+    return None if value is None else datetime.fromisoformat(value)
+
+
 # --- capture ------------------------------------------------------------------------------------
 
 
@@ -132,12 +151,8 @@ def test_a_manual_payment_waits_authorised_and_is_captured_in_full(
         Decimal("0.00"),
     )
     assert intent_of(standin, payment_id)["capture_method"] == "manual"
-    charge = sdk.v1.payment_intents.retrieve(intent_id, {"expand": ["latest_charge"]}).latest_charge
-    if isinstance(charge, stripe.Charge):  # a stand-in that expands it, as Stripe does
-        card = charge.payment_method_details.card  # type: ignore[union-attr]
-        assert card is not None and authorised["capture_before"] is not None
-    else:
-        assert authorised["capture_before"] is None  # not known without the charge
+    # The very deadline Stripe gave the authorisation, to the second.
+    assert shown_time(authorised["capture_before"]) == capture_before_at_stripe(sdk, intent_id)
 
     captured = operate(database_url, "SELECT capture_payment(%s)", payment_id)
 
@@ -177,6 +192,95 @@ def test_a_partial_capture_takes_that_much_and_releases_the_rest(
     # What is left to refund is what was captured.
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="1000 left to refund"):
         operate(database_url, "SELECT refund_payment(%s, %s)", payment_id, 1001)
+
+
+# --- an authorisation Stripe gives up ------------------------------------------------------------
+
+# Long enough for the payment to be seen authorised first, short enough to wait for.
+AUTHORIZATION_WINDOW = 3.0
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, database_url: str, login_role: MakeRole) -> Iterator[Receiver]:
+    """The real webhook receiver (`python -m webhooks`) on this test's database, logged in
+    as a member of payment_webhook only."""
+    env = {
+        "DATABASE_URL": role_url(database_url, login_role("payment_webhook")),
+        "STRIPE_API_KEY": TEST_KEY,
+        "STRIPE_WEBHOOK_SECRET": SECRET,
+    }
+    with Receiver(env, tmp_path / "receiver.log", tmp_path / "metrics") as running:
+        yield running
+
+
+def test_an_authorisation_stripe_lets_expire_cancels_the_payment_through_its_webhook(
+    database_url: str,
+    conn: psycopg.Connection,
+    standin: StandinProcess,
+    sdk: stripe.StripeClient,
+    receiver: Receiver,
+) -> None:
+    """Stripe cancels an authorisation nobody captured by its capture_before (reason
+    `automatic`) and says so with payment_intent.canceled: signed, delivered to the
+    receiver, recorded, applied by the worker. No capture, cancel or reconciliation."""
+    standin.admin.configure_webhooks(
+        url=f"http://127.0.0.1:{receiver.port}/webhooks/stripe",
+        secret=SECRET,
+        retry_base_seconds=0.2,
+    )
+    standin.admin.set_authorization_window(AUTHORIZATION_WINDOW)
+    created = call(database_url, CREATE, 2500, "Authorise now", "manual")
+    payment_id = created["payment_id"]
+    intent_id = intent_of(standin, payment_id)["id"]
+
+    sdk.v1.payment_intents.confirm(intent_id, {"payment_method": "pm_card_visa"})
+    deadline = capture_before_at_stripe(sdk, intent_id)
+
+    authorised = wait_until(
+        lambda: (shown := payment(conn, payment_id))["status"] != "pending" and shown,
+        "the payment authorised",
+    )
+    assert authorised["status"] == "requires_capture", (
+        f"the authorisation was not seen before it expired at {deadline}: {authorised}"
+    )
+    assert shown_time(authorised["capture_before"]) == deadline
+    assert authorised["amount_capturable"] == Decimal("25.00")
+
+    # Nobody captures it: the stand-in expires it at its deadline.
+    canceled = wait_until(
+        lambda: (shown := payment(conn, payment_id))["status"] == "canceled" and shown,
+        "the payment canceled",
+        timeout=AUTHORIZATION_WINDOW + 10,
+    )
+
+    assert datetime.now(UTC) >= deadline
+    assert (canceled["provider_status"], canceled["cancellation_reason"]) == (
+        "canceled",
+        "automatic",
+    )
+    assert (canceled["amount_capturable"], canceled["amount_received"]) == (
+        Decimal("0.00"),
+        Decimal("0.00"),
+    )
+    assert shown_time(canceled["capture_before"]) == deadline  # given once, kept
+    at_stripe = sdk.v1.payment_intents.retrieve(intent_id)
+    assert (at_stripe.status, at_stripe.cancellation_reason) == ("canceled", "automatic")
+    # It came through the receiver and the apply jobs (charge.expired's apply may be the
+    # one that reads the intent canceled first), and nothing else read the intent.
+    row = wait_until(
+        lambda: conn.execute(
+            "SELECT source, outcome FROM payments.stripe_events"
+            " WHERE payment_id = %s AND type = 'payment_intent.canceled' AND outcome <> 'pending'",
+            (payment_id,),
+        ).fetchone(),
+        "payment_intent.canceled applied",
+    )
+    assert row == ("webhook", "applied")
+    others = conn.execute(
+        "SELECT kind FROM metadata.river_job WHERE kind NOT IN"
+        " ('create_payment_intent', 'apply_stripe_event')"
+    ).fetchall()
+    assert others == []
 
 
 # --- cancel -------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """What webhooks miss: the reconciler's sync_payment jobs for payments that have not
-reflected Stripe for RECONCILE_AFTER, payments.resync() for one at once, and the backfill
-from Stripe's event list."""
+reflected Stripe for RECONCILE_AFTER (and succeeded ones whose refunds are still open),
+payments.resync() for one at once, and the backfill from Stripe's event list."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from uuid import UUID, uuid4
 
 import psycopg
@@ -17,6 +18,7 @@ from tests import pg
 from tests.integration import lifecycle as lc
 from tests.integration.conftest import MakeRole, connect_as
 from tests.integration.rows import QUEUE, claim, insert_payment, payment_row
+from tests.integration.standin_flows import sdk_client
 from worker.executor import JobExecutor
 from worker.maintenance import Backfill, Leadership, Reconciler
 from worker.store import BackfillPosition, Store
@@ -165,6 +167,94 @@ def test_the_reconcilers_settings_are_checked_at_construction(
         reconciler(store, stop, rate=0)
     with pytest.raises(ValueError, match="after"):
         Reconciler(store, Leadership(store, stop=stop), queue=QUEUE, stop=stop, after=0.5)
+
+
+def paid_payment(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, stripe: lc.InProcessStandin
+) -> tuple[UUID, str]:
+    """A payment the customer paid with a card (a real charge at the stand-in), succeeded in
+    the database too."""
+    payment_id, intent_id = created_payment(conn, store, executor)
+    with sdk_client(stripe.url, lc.API_KEY) as sdk:
+        sdk.v1.payment_intents.confirm(intent_id, {"payment_method": "pm_card_visa"})
+    conn.execute("SELECT payments.resync(%s)", (payment_id,))
+    assert lc.run_available(store, executor) == 1
+    assert lc.status_of(conn, payment_id) == "succeeded"
+    return payment_id, intent_id
+
+
+def refund_requested(conn: psycopg.Connection, payment_id: UUID, amount: int) -> UUID:
+    """A refund as refund_payment records it; its trigger enqueues its create_refund job."""
+    refund_id = uuid4()
+    conn.execute(
+        "INSERT INTO payments.refunds (id, payment_id, amount, currency, reason, source,"
+        " requested_role) VALUES (%s, %s, %s, 'USD', 'requested_by_customer', 'rpc', session_user)",
+        (refund_id, payment_id, amount),
+    )
+    return refund_id
+
+
+def refund_status(conn: psycopg.Connection, refund_id: UUID) -> tuple[str, str | None]:
+    row = conn.execute(
+        "SELECT status, failure_reason FROM payments.refunds WHERE id = %s", (refund_id,)
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def an_hour_passes(conn: psycopg.Connection, payment_id: UUID, refund_id: UUID) -> None:
+    """Nothing was heard of the payment or of its refund for an hour."""
+    last_synced(conn, payment_id)
+    conn.execute(
+        "UPDATE payments.refunds SET provider_synced_at = now() - interval '1 hour' WHERE id = %s",
+        (refund_id,),
+    )
+
+
+@pytest.mark.parametrize("succeed", [True, False], ids=["settled", "failed"])
+def test_a_refund_stripe_settles_unheard_is_brought_to_its_end_by_reconciliation(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    stripe: lc.InProcessStandin,
+    stop: threading.Event,
+    succeed: bool,
+) -> None:
+    """A succeeded payment is final: only its open refund brings it back to the
+    reconciler. This stand-in delivers no webhook: no event ever reaches the database."""
+    payment_id, _ = paid_payment(conn, store, executor, stripe)
+    stripe.app.refunds.pending = True
+    refund_id = refund_requested(conn, payment_id, 1000)
+    assert lc.run_available(store, executor) == 1  # create_refund: Stripe holds it pending
+    assert refund_status(conn, refund_id) == ("pending", None)
+    (at_stripe,) = stripe.app.refunds.all()
+    assert at_stripe["metadata"]["refund_id"] == str(refund_id)
+    loop = reconciler(store, stop)
+    # Phase 1: the refund and its payment were read just now: nothing to reconcile.
+    assert loop.run_once() == 0
+
+    # Phase 2: Stripe settles it and its events go nowhere; an hour passes.
+    wanted = "succeeded" if succeed else "failed"
+    assert stripe.app.refunds.settle(at_stripe["id"], succeed=succeed)["status"] == wanted
+    an_hour_passes(conn, payment_id, refund_id)
+    assert loop.run_once() == 1
+    assert loop.run_once() == 0  # one sync job waiting is enough
+    # The first is the resync that saw it paid.
+    assert sync_jobs(conn) == [(str(payment_id), "completed"), (str(payment_id), "available")]
+    assert refund_status(conn, refund_id) == ("pending", None)
+
+    # Phase 3: the sync job re-reads the intent and its refunds.
+    assert lc.run_available(store, executor) == 1
+    assert refund_status(conn, refund_id) == (wanted, None if succeed else "declined")
+    shown = conn.execute("SELECT get_payment(%s)", (payment_id,)).fetchone()
+    assert shown is not None
+    assert shown[0]["status"] == "succeeded"
+    assert [r["status"] for r in shown[0]["refunds"]] == [wanted]
+    assert shown[0]["amount_refunded"] == (Decimal("10.00") if succeed else Decimal("0.00"))
+    # Phase 4: its refund closed, the payment is no longer reconciled, however stale.
+    an_hour_passes(conn, payment_id, refund_id)
+    assert loop.run_once() == 0
+    assert conn.execute("SELECT count(*) FROM payments.stripe_events").fetchone() == (0,)
 
 
 def test_a_sync_of_an_intent_stripe_lost_completes_without_a_change(

@@ -540,3 +540,27 @@ def test_payment_operations_reverts_to_exactly_what_was_there(
     sqitch_ok("verify", db)
     with connect(db) as conn:
         assert lifecycle_catalog(conn) == deployed
+
+
+@pytest.mark.parametrize("change", ["operation_given_up_resync", "refund_take_back_same_amount"])
+def test_a_change_that_replaces_functions_reverts_to_exactly_what_was_there(
+    empty_database: MakeDatabase, change: str
+) -> None:
+    db = empty_database()
+    sqitch_ok("deploy", db, "--to", f"{change}^")
+    with connect(db) as conn:
+        before = lifecycle_catalog(conn)
+
+    sqitch_ok("deploy", db, "--to", change)
+    with connect(db) as conn:
+        deployed = lifecycle_catalog(conn)
+        assert deployed != before
+
+    sqitch_ok("revert", db, "-y", "--to", f"{change}^")
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == before
+
+    sqitch_ok("deploy", db, "--to", change)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == deployed
