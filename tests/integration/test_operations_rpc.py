@@ -6,6 +6,7 @@ giving a job up tells the waiting caller. The worker's side: test_operations_flo
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -159,6 +160,36 @@ def test_bad_arguments_are_refused_before_anything_is_recorded(  # noqa: PLR0917
     payment_id = make_payment(conn, "succeeded", owner_role="someone")
     real = tuple(payment_id if a == "unknown" else a for a in args)
     refused(operator, statement, real, sqlstate, match)
+
+
+CREATE = "SELECT create_payment_intent_sync(%s, %s, %s)"
+
+
+@pytest.mark.parametrize(
+    ("capture_method", "shown"),
+    [
+        (None, "NULL"),
+        ("", "''"),
+        ("bogus", "'bogus'"),
+        ("Manual", "'Manual'"),
+        (" manual", "' manual'"),
+        # Stripe's third value: not one this service makes.
+        ("automatic_async", "'automatic_async'"),
+    ],
+)
+def test_create_with_an_unknown_capture_method_is_refused_before_anything_is_recorded(
+    conn: psycopg.Connection,
+    client: psycopg.Connection,
+    refused: Refused,
+    capture_method: str | None,
+    shown: str,
+) -> None:
+    # The whole first line: the value quoted as given (or NULL), nothing after it.
+    message = f"(?m)^capture_method must be automatic or manual, got {re.escape(shown)}$"
+    for session in (client, conn):
+        refused(session, CREATE, (2500, "x", capture_method), "22023", message)
+    assert conn.execute("SELECT count(*) FROM payments.transactions").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM metadata.river_job").fetchone() == (0,)
 
 
 def test_an_unknown_payment_reads_as_not_found(
