@@ -389,6 +389,44 @@ def test_a_client_reads_only_its_own_refunds(
     assert client.execute("SELECT get_payment(%s)", (theirs,)).fetchone() == (None,)
 
 
+REFUND_FACTS = ("id, payment_id, amount, currency, reason, status, provider_refund_id,"
+                " failure_reason, source, provider_synced_at, created_at, updated_at")  # fmt: skip
+
+
+def test_a_client_reads_its_refunds_facts_but_not_who_asked(
+    conn: psycopg.Connection,
+    operator: psycopg.Connection,
+    client: psycopg.Connection,
+    client_login: str,
+    refused: Refused,
+) -> None:
+    """requested_role and requested_user_id are the operator's login and JWT sub: not the
+    client's to read, even on its own refunds."""
+    mine = make_payment(conn, "succeeded", owner_role=client_login)
+    theirs = make_payment(conn, "succeeded", owner_role="someone_else")
+    for payment_id in (mine, theirs):
+        with pytest.raises(psycopg.Error, match="is not answered after"):
+            operator.execute(REFUND, (payment_id, 100, "duplicate"))
+    for columns in ("requested_role", "requested_user_id", "*", "id, requested_user_id",
+                    "count(requested_role)"):  # fmt: skip
+        refused(client, f"SELECT {columns} FROM payments.refunds", (), "42501",
+                "permission denied for table refunds")  # fmt: skip
+    refused(client, "SELECT id FROM payments.refunds WHERE requested_role IS NOT NULL", (),
+            "42501", "permission denied for table refunds")  # fmt: skip
+
+    facts = client.execute(f"SELECT {REFUND_FACTS} FROM payments.refunds").fetchall()
+    assert [(row[1], row[2], row[4], row[5], row[8]) for row in facts] == [
+        (mine, 100, "duplicate", "pending_refund", "rpc")
+    ]
+    # Operators still read who asked, on every refund.
+    login = operator.execute("SELECT session_user::text").fetchone()
+    assert login is not None
+    assert operator.execute(
+        "SELECT payment_id, requested_role FROM payments.refunds ORDER BY payment_id = %s",
+        (theirs,),
+    ).fetchall() == [(mine, login[0]), (theirs, login[0])]
+
+
 # --- concurrency ---------------------------------------------------------------------------------
 
 
