@@ -603,3 +603,26 @@ def test_refund_client_columns_reverts_to_exactly_what_was_there(
     sqitch_ok("verify", db)
     with connect(db) as conn:
         assert lifecycle_catalog(conn) == deployed
+
+
+def test_refund_taken_back_as_stripes_reverts_to_exactly_what_was_there(
+    empty_database: MakeDatabase,
+) -> None:
+    db = empty_database()
+    sqitch_ok("deploy", db, "--to", "refund_taken_back_as_stripes^")
+    with connect(db) as conn:
+        before = lifecycle_catalog(conn)
+
+    sqitch_ok("deploy", db)
+    with connect(db) as conn:
+        deployed = lifecycle_catalog(conn)
+        assert deployed != before
+
+    sqitch_ok("revert", db, "-y", "--to", "refund_taken_back_as_stripes^")
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == before
+
+    sqitch_ok("deploy", db)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == deployed
