@@ -134,6 +134,9 @@ class OperationJob:
     capture_method: str
     provider_payment_id: str | None
     payment_created_at: datetime
+    # Stripe's intent must be shown to the database before the call (job_operation_check):
+    # a cancel no operator asked for, allowed only while the payment is unpaid.
+    check_first: bool = False
 
     def payment(self) -> Payment:
         return Payment(
@@ -150,8 +153,9 @@ class OperationJob:
 
 @dataclass(frozen=True)
 class OperationResult:
-    """What payments.job_operation_finish did; `operation_status` 'mismatch': the payment
-    holds another intent than the one given (the job is kept, to be retried)."""
+    """What payments.job_operation_finish (or job_operation_check) did; `operation_status`
+    'mismatch': the payment holds another intent than the one given (the job is kept, to be
+    retried). A check that allows the call: not completed, 'requested'."""
 
     completed: bool
     operation_status: str | None

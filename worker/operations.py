@@ -51,6 +51,10 @@ class OperationStore(Protocol):
 
     def observation_token(self) -> datetime: ...
 
+    def job_operation_check(
+        self, job: Job, token: datetime, intent: ObservedIntent
+    ) -> OperationResult: ...
+
     def job_operation_finish(
         self, job: Job, token: datetime, intent: ObservedIntent
     ) -> OperationResult: ...
@@ -115,6 +119,10 @@ class _IntentOperation:
             return jobs.Done(context=context)
         intent_id, secret = self._target(op, job, context)
         context["provider_payment_id"] = intent_id
+        if op.check_first:
+            refused = self._check(op, job, intent_id, secret, context)
+            if refused is not None:
+                return refused
         token, intent = self._ask(op, intent_id, context)
         if intent.client_secret is None and secret is not None:
             # The payment adopts the intent obtained for it: with its secret.
@@ -164,6 +172,55 @@ class _IntentOperation:
 
     def _call(self, op: OperationJob, intent_id: str, generation: int) -> ObservedIntent:
         raise NotImplementedError
+
+    def _check(
+        self,
+        op: OperationJob,
+        job: Job,
+        intent_id: str,
+        secret: str | None,
+        context: dict[str, str | None],
+    ) -> jobs.Done | None:
+        """For a request the database wants checked first (a client's cancel): the intent
+        as Stripe has it now, shown to the database, which decides whether the call may
+        go on (None) or refuses the request (failed and completed: Stripe is not asked).
+        The customer may have paid since the request was recorded."""
+        token = self._store.observation_token()
+        try:
+            current = self._gateway.retrieve_payment_intent(intent_id)
+        except StripeFailure as exc:
+            raise failure(exc, context) from exc
+        if current.client_secret is None and secret is not None:
+            current = replace(current, client_secret=secret)
+        checked = self._store.job_operation_check(job, token, current)
+        if checked.operation_status == "mismatch":
+            raise jobs.JobFailure(
+                f"payment {op.payment_id} holds another PaymentIntent than {intent_id}; "
+                "retried on the stored one",
+                permanent=False,
+                context=context,
+            )
+        if not checked.completed:
+            if checked.operation_status == "requested":
+                return None  # unpaid: the call goes on
+            if checked.operation_status is not None:
+                # Answered already (another attempt finished it): never twice.
+                return jobs.Done(context=context)
+        else:
+            log.info(
+                "%s refused before Stripe was asked",
+                self.operation,
+                extra={
+                    **context,
+                    "job_id": job.id,
+                    "provider_status": current.status,
+                    "from_status": checked.old_status,
+                    "status": checked.new_status,
+                    "reason": checked.reason,
+                },
+            )
+        # Refused, failed and completed in one transaction (or no longer ours): reported only.
+        return jobs.Done(complete=lambda _job: checked.completed, context=context)
 
     def _ask(
         self, op: OperationJob, intent_id: str, context: dict[str, str | None]

@@ -549,6 +549,21 @@ class Store:
             row = cur.execute(Q["job_operation_get"], _held(job)).fetchone()
         return None if row is None else OperationJob(**row)
 
+    def job_operation_check(
+        self, job: Job, token: datetime, intent: ObservedIntent
+    ) -> OperationResult:
+        """Writes the intent Stripe has now on the payment and lets the database decide
+        whether the request may go to Stripe; a refusal fails it and completes the job.
+        An outcome only when refused: the job's waiter is woken then, not when it goes on."""
+        params = {**_held(job), "token": token, "intent": json.dumps(intent_json(intent))}
+        rows = self.outcomes.execute(Q["job_operation_check"], params)
+        if not rows:
+            return OperationResult(False, None, None, None, None)
+        checked = OperationResult(**rows[0])
+        if checked.completed and job.wait_locked:
+            self._wake([job.id])
+        return checked
+
     def job_operation_finish(
         self, job: Job, token: datetime, intent: ObservedIntent
     ) -> OperationResult:

@@ -3,6 +3,7 @@ thread), where their order against the create job and Stripe's saved answers mat
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid4
@@ -15,6 +16,7 @@ from psycopg.rows import dict_row
 from stripe_standin.client import create_then_5xx
 from stripe_standin.process import StandinProcess
 from tests import pg
+from tests.integration.conftest import MakeRole, connect_as
 from tests.integration.lifecycle import event_row, record
 from tests.integration.rows import (
     claim,
@@ -339,3 +341,202 @@ def test_a_refund_at_stripe_with_our_id_but_not_our_amount_is_never_taken_for_ou
     ).fetchall()
     assert elsewhere == [(500, "succeeded", "stripe")]
     assert amount_refunded(conn, payment_id) == 500  # what Stripe refunded, no more
+
+
+PAID_MEANWHILE = "the payment was paid meanwhile; only an operator can cancel it now"
+
+
+def manual_payment(
+    conn: psycopg.Connection, store: Store, executor: JobExecutor, owner: str
+) -> tuple[UUID, str]:
+    """`owner`'s manual payment whose create job stored its intent (pending): (its id, its
+    intent's)."""
+    row = conn.execute(
+        "INSERT INTO payments.transactions (owner_role, amount, currency, capture_method)"
+        " SELECT %s, 2500, currency, 'manual' FROM payments.config RETURNING id",
+        (owner,),
+    ).fetchone()
+    assert row is not None
+    executor.execute(claim(store))  # the create job
+    payment = payment_row(conn, row[0])
+    assert payment["status"] == "pending"
+    return row[0], str(payment["provider_payment_id"])
+
+
+def cancel_waiting(
+    conn: psycopg.Connection, database_url: str, login: str, payment_id: UUID, role: str | None
+) -> tuple[threading.Thread, list[BaseException | None]]:
+    """`login` calls cancel_payment(payment_id) (as `role` if given) and waits for the
+    answer on a thread of its own; returned once the request is recorded."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        with connect_as(database_url, login) as session:
+            session.execute("SET payments.sync_timeout = '30 s'")
+            if role is not None:
+                session.execute(f"SET ROLE {role}")
+            try:
+                session.execute("SELECT cancel_payment(%s, 'requested_by_customer')", (payment_id,))
+                outcome.append(None)
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+    with psycopg.connect(conn.info.dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "metadata.river_insert"')
+        thread = threading.Thread(target=call)
+        thread.start()
+        # The request's job is inserted with it: its NOTIFY says it is recorded.
+        assert next(listener.notifies(timeout=10, stop_after=1), None) is not None
+    return thread, outcome
+
+
+def answered(thread: threading.Thread, outcome: list[BaseException | None]) -> BaseException | None:
+    thread.join(timeout=30)
+    assert not thread.is_alive() and len(outcome) == 1
+    return outcome[0]
+
+
+def cancel_request(conn: psycopg.Connection, payment_id: UUID) -> tuple[object, ...]:
+    row = conn.execute(
+        "SELECT status, error_message, requested_by_operator FROM payments.payment_operations"
+        " WHERE payment_id = %s",
+        (payment_id,),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def cancel_calls(standin: StandinProcess) -> int:
+    """The cancels Stripe was asked for since the test began (the stand-in is reset)."""
+    return int(standin.admin.stats()["requests"]["by_route"]["POST /v1/payment_intents/:id/cancel"])
+
+
+def test_a_clients_cancel_of_a_payment_paid_before_its_job_runs_releases_nothing(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    database_url: str,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    sdk: stripe.StripeClient,
+    login_role: MakeRole,
+) -> None:
+    """Recorded while the payment was unpaid (the RPC checked it), but the customer pays
+    the manual payment before the job runs, and Stripe would cancel an authorised intent
+    too. The job shows the database the intent first: the authorisation stays, at Stripe
+    and in the database, and the waiting client is told why."""
+    client = login_role("payment_client")
+    payment_id, intent_id = manual_payment(conn, store, executor, client)
+    thread, outcome = cancel_waiting(conn, database_url, client, payment_id, None)
+    sdk.v1.payment_intents.confirm(intent_id, {"payment_method": "pm_card_visa"})
+    assert payment_row(conn, payment_id)["status"] == "pending"  # no event applied yet
+
+    cancel_job = claim(store)
+    assert cancel_job.kind == "cancel_payment"
+    executor.execute(cancel_job)
+
+    error = answered(thread, outcome)
+    assert isinstance(error, psycopg.Error)
+    assert error.diag.message_primary == f"Cancel failed: {PAID_MEANWHILE}"
+    assert cancel_request(conn, payment_id) == ("failed", PAID_MEANWHILE, False)
+    row = payment_row(conn, payment_id)
+    assert (row["status"], row["provider_status"], row["amount_capturable"]) == (
+        "requires_capture",
+        "requires_capture",
+        2500,
+    )
+    assert sdk.v1.payment_intents.retrieve(intent_id).status == "requires_capture"
+    assert cancel_calls(standin) == 0
+    assert job_row(conn, cancel_job.id)["state"] == "completed"
+
+
+def test_a_clients_cancel_of_a_payment_still_unpaid_cancels_it(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    database_url: str,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    sdk: stripe.StripeClient,
+    login_role: MakeRole,
+) -> None:
+    """Checked first, found unpaid: cancelled at Stripe, as before."""
+    client = login_role("payment_client")
+    payment_id, intent_id = manual_payment(conn, store, executor, client)
+    thread, outcome = cancel_waiting(conn, database_url, client, payment_id, None)
+
+    executor.execute(claim(store))
+
+    assert answered(thread, outcome) is None
+    assert cancel_request(conn, payment_id) == ("succeeded", None, False)
+    assert payment_row(conn, payment_id)["status"] == "canceled"
+    assert sdk.v1.payment_intents.retrieve(intent_id).status == "canceled"
+    assert cancel_calls(standin) == 1
+
+
+def test_an_operators_cancel_of_a_payment_paid_meanwhile_still_releases_it(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    database_url: str,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    sdk: stripe.StripeClient,
+    login_role: MakeRole,
+) -> None:
+    """An operator may cancel an authorised payment: its request goes to Stripe as it is."""
+    payment_id, intent_id = manual_payment(conn, store, executor, "someone")
+    operator = login_role("payment_operator")
+    thread, outcome = cancel_waiting(conn, database_url, operator, payment_id, None)
+    sdk.v1.payment_intents.confirm(intent_id, {"payment_method": "pm_card_visa"})
+
+    executor.execute(claim(store))
+
+    assert answered(thread, outcome) is None
+    assert cancel_request(conn, payment_id) == ("succeeded", None, True)
+    assert payment_row(conn, payment_id)["status"] == "canceled"
+    assert sdk.v1.payment_intents.retrieve(intent_id).status == "canceled"
+    assert cancel_calls(standin) == 1
+
+
+def test_a_cancel_recorded_before_who_asked_was_kept_is_held_to_the_clients_rule(
+    conn: psycopg.Connection,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    sdk: stripe.StripeClient,
+) -> None:
+    """A request from before requested_by_operator (NULL) may have been a client's."""
+    payment_id, intent_id = manual_payment(conn, store, executor, "someone")
+    operation_id = request(conn, payment_id, "cancel")
+    sdk.v1.payment_intents.confirm(intent_id, {"payment_method": "pm_card_visa"})
+
+    executor.execute(claim(store))
+
+    assert operation_status(conn, operation_id) == ("failed", PAID_MEANWHILE)
+    assert payment_row(conn, payment_id)["status"] == "requires_capture"
+    assert sdk.v1.payment_intents.retrieve(intent_id).status == "requires_capture"
+    assert cancel_calls(standin) == 0
+
+
+def test_a_clients_cancel_before_the_intent_is_stored_checks_the_intent_it_obtains(  # noqa: PLR0917
+    conn: psycopg.Connection,
+    database_url: str,
+    store: Store,
+    executor: JobExecutor,
+    standin: StandinProcess,
+    login_role: MakeRole,
+) -> None:
+    """The create job stalls: the cancel job obtains the intent with its keys, shows it to
+    the database (which adopts it: unpaid) and cancels it."""
+    client = login_role("payment_client")
+    payment_id = insert_payment(conn, owner_role=client)
+    claim(store)  # the create job, held by a worker that stalls
+    thread, outcome = cancel_waiting(conn, database_url, client, payment_id, None)
+
+    executor.execute(claim(store))
+
+    assert answered(thread, outcome) is None
+    assert cancel_request(conn, payment_id) == ("succeeded", None, False)
+    (intent,) = standin.admin.intents_with_metadata("payment_id", str(payment_id))
+    assert intent["status"] == "canceled"
+    row = payment_row(conn, payment_id)
+    assert (row["status"], row["provider_payment_id"]) == ("canceled", intent["id"])
+    assert cancel_calls(standin) == 1

@@ -6,6 +6,7 @@ giving a job up tells the waiting caller. The worker's side: test_operations_flo
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -159,6 +160,36 @@ def test_bad_arguments_are_refused_before_anything_is_recorded(  # noqa: PLR0917
     payment_id = make_payment(conn, "succeeded", owner_role="someone")
     real = tuple(payment_id if a == "unknown" else a for a in args)
     refused(operator, statement, real, sqlstate, match)
+
+
+CREATE = "SELECT create_payment_intent_sync(%s, %s, %s)"
+
+
+@pytest.mark.parametrize(
+    ("capture_method", "shown"),
+    [
+        (None, "NULL"),
+        ("", "''"),
+        ("bogus", "'bogus'"),
+        ("Manual", "'Manual'"),
+        (" manual", "' manual'"),
+        # Stripe's third value: not one this service makes.
+        ("automatic_async", "'automatic_async'"),
+    ],
+)
+def test_create_with_an_unknown_capture_method_is_refused_before_anything_is_recorded(
+    conn: psycopg.Connection,
+    client: psycopg.Connection,
+    refused: Refused,
+    capture_method: str | None,
+    shown: str,
+) -> None:
+    # The whole first line: the value quoted as given (or NULL), nothing after it.
+    message = f"(?m)^capture_method must be automatic or manual, got {re.escape(shown)}$"
+    for session in (client, conn):
+        refused(session, CREATE, (2500, "x", capture_method), "22023", message)
+    assert conn.execute("SELECT count(*) FROM payments.transactions").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM metadata.river_job").fetchone() == (0,)
 
 
 def test_an_unknown_payment_reads_as_not_found(
@@ -356,6 +387,44 @@ def test_a_client_reads_only_its_own_refunds(
     assert [r["amount"] for r in shown[0]["refunds"]] == [Decimal("1.00")]
     assert shown[0]["amount_refunded"] == Decimal("0.00")
     assert client.execute("SELECT get_payment(%s)", (theirs,)).fetchone() == (None,)
+
+
+REFUND_FACTS = ("id, payment_id, amount, currency, reason, status, provider_refund_id,"
+                " failure_reason, source, provider_synced_at, created_at, updated_at")  # fmt: skip
+
+
+def test_a_client_reads_its_refunds_facts_but_not_who_asked(
+    conn: psycopg.Connection,
+    operator: psycopg.Connection,
+    client: psycopg.Connection,
+    client_login: str,
+    refused: Refused,
+) -> None:
+    """requested_role and requested_user_id are the operator's login and JWT sub: not the
+    client's to read, even on its own refunds."""
+    mine = make_payment(conn, "succeeded", owner_role=client_login)
+    theirs = make_payment(conn, "succeeded", owner_role="someone_else")
+    for payment_id in (mine, theirs):
+        with pytest.raises(psycopg.Error, match="is not answered after"):
+            operator.execute(REFUND, (payment_id, 100, "duplicate"))
+    for columns in ("requested_role", "requested_user_id", "*", "id, requested_user_id",
+                    "count(requested_role)"):  # fmt: skip
+        refused(client, f"SELECT {columns} FROM payments.refunds", (), "42501",
+                "permission denied for table refunds")  # fmt: skip
+    refused(client, "SELECT id FROM payments.refunds WHERE requested_role IS NOT NULL", (),
+            "42501", "permission denied for table refunds")  # fmt: skip
+
+    facts = client.execute(f"SELECT {REFUND_FACTS} FROM payments.refunds").fetchall()
+    assert [(row[1], row[2], row[4], row[5], row[8]) for row in facts] == [
+        (mine, 100, "duplicate", "pending_refund", "rpc")
+    ]
+    # Operators still read who asked, on every refund.
+    login = operator.execute("SELECT session_user::text").fetchone()
+    assert login is not None
+    assert operator.execute(
+        "SELECT payment_id, requested_role FROM payments.refunds ORDER BY payment_id = %s",
+        (theirs,),
+    ).fetchall() == [(mine, login[0]), (theirs, login[0])]
 
 
 # --- concurrency ---------------------------------------------------------------------------------

@@ -348,3 +348,109 @@ def test_the_rpc_recovers_from_a_killed_loopback_connection(
     new_pids = loopback_pids(conn)
     assert len(new_pids) == 1
     assert new_pids != [pid]
+
+
+# --- what each group may execute and read, as the README's roles table says ----------------------
+
+EXECUTES = {
+    "payment_client": {
+        "cancel_payment(uuid,text)",
+        "create_payment_intent_sync(numeric,text)",
+        "create_payment_intent_sync(numeric,text,text)",
+        "get_payment(uuid)",
+        "payments.caller_owns(text,text)",
+        "payments.caller_user_id()",
+        "payments.resync(uuid)",
+    },
+    "payment_operator": {
+        "cancel_payment(uuid,text)",
+        "capture_payment(uuid,numeric)",
+        "get_payment(uuid)",
+        "payments.caller_owns(text,text)",
+        "payments.caller_user_id()",
+        "payments.resync(uuid)",
+        "refund_payment(uuid,numeric,text)",
+    },
+    "payment_monitor": {
+        "payments.job_oldest_available_age()",
+        "payments.job_unfinished_counts()",
+        "payments.payment_authorization_expiring(double precision)",
+        "payments.payment_open_counts()",
+        "payments.payment_recent_counts()",
+        "payments.refund_open_counts()",
+        "payments.stripe_event_unapplied()",
+    },
+    "payment_webhook": {"payments.stripe_event_record(jsonb,text)"},
+    "public": set(),
+}
+ALL_COLUMNS = "*"
+READS = {
+    "payment_client": {
+        ("payments.transactions", ALL_COLUMNS),
+        ("payments.refunds", "but who asked"),
+    },
+    "payment_operator": {
+        ("payments.transactions", "but provider_client_secret"),
+        ("payments.refunds", ALL_COLUMNS),
+        ("payments.payment_operations", ALL_COLUMNS),
+    },
+    "payment_monitor": set(),
+    "payment_webhook": set(),
+    "payment_worker": set(),
+    "public": set(),
+}
+
+
+@pytest.mark.parametrize("role", sorted(EXECUTES))
+def test_each_group_executes_exactly_what_the_readme_lists(
+    conn: psycopg.Connection, role: str
+) -> None:
+    executes = {
+        row[0]
+        for row in conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc AS p"
+            " WHERE p.pronamespace::regnamespace::text IN ('payments', 'public')"
+            "   AND has_function_privilege(%s, p.oid, 'EXECUTE')",
+            (role,),
+        )
+    }
+    assert executes == EXECUTES[role]
+
+
+@pytest.mark.parametrize("role", sorted(READS))
+def test_each_group_reads_exactly_what_the_readme_lists(
+    conn: psycopg.Connection, role: str
+) -> None:
+    """Which columns of which of our tables the group may SELECT (row-level security then
+    narrows the rows); none may write any."""
+    readable: dict[str, set[str]] = {}
+    for table, column, writable in conn.execute(
+        "SELECT c.oid::regclass::text, a.attname::text,"
+        "       has_column_privilege(%(role)s, c.oid, a.attnum, 'INSERT, UPDATE, REFERENCES')"
+        "       OR has_table_privilege(%(role)s, c.oid, 'DELETE, TRUNCATE, TRIGGER')"
+        " FROM pg_class AS c JOIN pg_attribute AS a ON a.attrelid = c.oid"
+        " WHERE c.relnamespace::regnamespace::text IN ('payments', 'metadata')"
+        "   AND c.relkind IN ('r', 'v', 'm', 'p') AND a.attnum > 0 AND NOT a.attisdropped"
+        "   AND (has_column_privilege(%(role)s, c.oid, a.attnum, 'SELECT, INSERT, UPDATE')"
+        "        OR has_table_privilege(%(role)s, c.oid, 'DELETE, TRUNCATE, TRIGGER'))",
+        {"role": role},
+    ):
+        assert not writable, (table, column)
+        readable.setdefault(table, set()).add(column)
+    all_columns = {
+        table: {
+            row[0]
+            for row in conn.execute(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass"
+                " AND attnum > 0 AND NOT attisdropped",
+                (table,),
+            )
+        }
+        for table in ("payments.transactions", "payments.refunds", "payments.payment_operations")
+    }
+    but = {
+        "but provider_client_secret": {"provider_client_secret"},
+        "but who asked": {"requested_role", "requested_user_id"},
+        ALL_COLUMNS: set(),
+    }
+    assert readable == {table: all_columns[table] - but[which] for table, which in READS[role]}

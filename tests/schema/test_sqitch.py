@@ -542,7 +542,15 @@ def test_payment_operations_reverts_to_exactly_what_was_there(
         assert lifecycle_catalog(conn) == deployed
 
 
-@pytest.mark.parametrize("change", ["operation_given_up_resync", "refund_take_back_same_amount"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "operation_given_up_resync",
+        "refund_take_back_same_amount",
+        "refund_client_columns",
+        "refund_taken_back_as_stripes",
+    ],
+)
 def test_a_change_that_replaces_functions_reverts_to_exactly_what_was_there(
     empty_database: MakeDatabase, change: str
 ) -> None:
@@ -564,3 +572,43 @@ def test_a_change_that_replaces_functions_reverts_to_exactly_what_was_there(
     sqitch_ok("verify", db)
     with connect(db) as conn:
         assert lifecycle_catalog(conn) == deployed
+
+
+def test_client_cancel_unpaid_reverts_to_exactly_what_was_there(
+    empty_database: MakeDatabase,
+) -> None:
+    db = empty_database()
+    sqitch_ok("deploy", db, "--to", "client_cancel_unpaid^")
+    with connect(db) as conn:
+        before = lifecycle_catalog(conn)
+
+    sqitch_ok("deploy", db)
+    with connect(db) as conn:
+        deployed = lifecycle_catalog(conn)
+        assert deployed != before
+        # A client's cancel, recorded as the loopback now records it: it stays, without
+        # the column.
+        conn.execute(
+            "INSERT INTO payments.transactions (id, owner_role, amount, currency)"
+            " VALUES ('00000000-0000-0000-0000-000000000001', 'x', 2500, 'USD')"
+        )
+        conn.execute(
+            "INSERT INTO payments.payment_operations (id, payment_id, operation, requested_role,"
+            " requested_by_operator) VALUES ('00000000-0000-0000-0000-000000000002',"
+            " '00000000-0000-0000-0000-000000000001', 'cancel', 'x', false)"
+        )
+
+    sqitch_ok("revert", db, "-y", "--to", "client_cancel_unpaid^")
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == before
+        assert conn.execute(
+            "SELECT operation, status FROM payments.payment_operations"
+        ).fetchall() == [("cancel", "requested")]
+
+    sqitch_ok("deploy", db)
+    sqitch_ok("verify", db)
+    with connect(db) as conn:
+        assert lifecycle_catalog(conn) == deployed
+        assert conn.execute(
+            "SELECT requested_by_operator FROM payments.payment_operations"
+        ).fetchall() == [(None,)]

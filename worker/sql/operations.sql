@@ -5,8 +5,14 @@
 -- name: job_operation_get
 SELECT operation_id, operation, amount, reason, operation_status, payment_id, payment_status,
        payment_amount, currency, description, capture_method, provider_payment_id,
-       payment_created_at
+       payment_created_at, check_first
 FROM payments.job_operation_get(%(id)s, %(attempt)s, %(lease)s)
+
+-- name: job_operation_check
+-- Writes the intent as Stripe has it now on the payment (under its lock) and says
+-- whether the request may go to Stripe; if not, fails it and completes the job.
+SELECT completed, operation_status, reason, old_status, new_status
+FROM payments.job_operation_check(%(id)s, %(attempt)s, %(lease)s, %(token)s, %(intent)s::jsonb)
 
 -- name: job_operation_finish
 -- Writes the intent Stripe answered with on the payment (under its lock), decides
