@@ -136,7 +136,9 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
     conninfo = f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
     path = path_without_psql(tmp_path)
     env = {**run_env(conninfo), "PATH": path}
-    first = MakeRun(env, tmp_path / "first.log")
+    checkout = stoppable_checkout(tmp_path)
+    socket_path = checkout / ".run" / "supervisor.sock"
+    first = MakeRun(env, tmp_path / "first.log", checkout)
     try:
         text = first.wait_for('"msg": "worker started"')
         assert "Try it" in text
@@ -155,9 +157,9 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
         assert '"status": "pending"' in done.stdout
 
         # Twice: refused at once, before a stand-in or anything else starts.
-        supervisord = rpc("getPID")
+        supervisord = rpc("getPID", socket_path=socket_path)
         second_env = {**env, "WEBHOOK_PORT": str(free_port()), "METRICS_PORT": str(free_port())}
-        second = make("run", second_env)
+        second = make("run", second_env, checkout)
         assert second.returncode != 0
         assert second.stdout == ""
         assert second.stderr.splitlines()[0] == (
@@ -168,8 +170,8 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
 
         standin = re.search(r"stand-in at http://127\.0\.0\.1:\d+ \(pid (\d+)", text)
         assert standin, text
-        workers = [p["pid"] for p in rpc("getAllProcessInfo") if p["pid"]]
-        stopped = make("stop", env)
+        workers = [p["pid"] for p in rpc("getAllProcessInfo", socket_path=socket_path) if p["pid"]]
+        stopped = make("stop", env, checkout)
         assert stopped.returncode == 0, stopped.stderr
         assert stopped.stdout.splitlines()[0] == (
             f"stopped supervisord of this checkout, and its programs (pid {supervisord})"
@@ -178,9 +180,20 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
         for pid in [supervisord, int(standin.group(1)), *workers]:
             assert not pid_alive(pid), f"pid {pid} still runs after make stop"
         assert "stand-in | stopped" in first.output()
-        assert make("stop", env).stdout == "nothing of this checkout was running\n"
+        assert make("stop", env, checkout).stdout == "nothing of this checkout was running\n"
     finally:
         first.kill()
+
+
+def stoppable_checkout(tmp_path: Path) -> Path:
+    """Where a test may run `make stop`: this checkout, unless this test run's PostgreSQL
+    is its private cluster (`make test` on a machine with no server), which `make stop`
+    would stop under the tests; then a copy that shares this checkout's venv."""
+    if os.environ.get("PW_PG_MODE") != "private":
+        return ROOT
+    copy = checkout_copy(tmp_path / "checkout")
+    (copy / ".venv").symlink_to(ROOT / ".venv")
+    return copy
 
 
 def checkout_copy(dest: Path) -> Path:
