@@ -10,6 +10,14 @@ cd "$REPO"
 problems=0
 problem() { printf 'make run: error: %s\n' "$*" >&2; problems=$((problems + 1)); }
 
+# A make run of this checkout that holds its lock (scripts/run.sh), even while it deploys.
+lock=$RUN_DIR/locks/run.lock
+if [[ -f $lock ]] && command -v flock >/dev/null 2>&1 && ! flock -n "$lock" true; then
+  echo "make run: error: another make run is starting or running from this checkout" \
+    "(pid $(cat "$lock" 2>/dev/null || echo '?')); wait for it, or stop it with \`make stop\`" >&2
+  exit 1
+fi
+
 # supervisord.conf puts its socket and pidfile in this checkout's .run/: one per checkout.
 pid=$(cat "$RUN_DIR/supervisord.pid" 2>/dev/null || true)
 if [[ $pid =~ ^[0-9]+$ && -S $RUN_DIR/supervisor.sock ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep supervisord >/dev/null; then

@@ -16,6 +16,18 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
 
+# One make run per checkout, held from here to the end (supervisord and the stand-in inherit
+# it): run-checks.sh refuses a second one while this one still deploys, before any port of
+# ours is bound. The file says who holds it.
+RUN_LOCK=$RUN_DIR/locks/run.lock
+mkdir -p "$RUN_DIR/locks"
+exec 8>>"$RUN_LOCK"
+if command -v flock >/dev/null 2>&1 && ! flock -n 8; then
+  die "another make run is starting or running from this checkout (pid $(cat "$RUN_LOCK" 2>/dev/null || echo '?'));" \
+    "wait for it, or stop it with \`make stop\`"
+fi
+echo $$ >"$RUN_LOCK"
+
 # supervisord and every program reopen /dev/stdout (supervisord.conf): into a regular file
 # (`make run >run.log`) only O_APPEND keeps their writes from overwriting each other.
 # Where this user may not reopen it (`su user -c 'make run'` in root's terminal: the tty

@@ -139,7 +139,14 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
     checkout = stoppable_checkout(tmp_path)
     socket_path = checkout / ".run" / "supervisor.sock"
     first = MakeRun(env, tmp_path / "first.log", checkout)
+    lock = checkout / ".run" / "locks" / "run.lock"
+    second_env = {**env, "WEBHOOK_PORT": str(free_port()), "METRICS_PORT": str(free_port())}
     try:
+        # Twice, while the first still deploys: refused at once, before anything starts.
+        wait_until(lambda: lock.exists() and lock.read_text().strip().isdigit(), 60, first.output)
+        assert "worker started" not in first.output()
+        refused_early(make("run", second_env, checkout), int(lock.read_text()))
+
         text = first.wait_for('"msg": "worker started"')
         assert "Try it" in text
         assert not _CRIT.search(text), text
@@ -156,17 +163,9 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
         assert done.returncode == 0, done.stderr
         assert '"status": "pending"' in done.stdout
 
-        # Twice: refused at once, before a stand-in or anything else starts.
+        # Twice, once it runs: the same.
         supervisord = rpc("getPID", socket_path=socket_path)
-        second_env = {**env, "WEBHOOK_PORT": str(free_port()), "METRICS_PORT": str(free_port())}
-        second = make("run", second_env, checkout)
-        assert second.returncode != 0
-        assert second.stdout == ""
-        assert second.stderr.splitlines()[0] == (
-            f"make run: error: another supervisord already runs from this checkout "
-            f"(pid {supervisord}); stop it with `make stop`"
-        )
-        assert "stand-in" not in second.stderr
+        refused_early(make("run", second_env, checkout), int(lock.read_text()))
 
         standin = re.search(r"stand-in at http://127\.0\.0\.1:\d+ \(pid (\d+)", text)
         assert standin, text
@@ -183,6 +182,17 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
         assert make("stop", env, checkout).stdout == "nothing of this checkout was running\n"
     finally:
         first.kill()
+
+
+def refused_early(second: subprocess.CompletedProcess[str], holder: int) -> None:
+    """A second `make run` of a checkout: one line naming the first, nothing started."""
+    assert second.returncode != 0
+    assert second.stdout == ""
+    assert second.stderr.splitlines()[0] == (
+        f"make run: error: another make run is starting or running from this checkout "
+        f"(pid {holder}); wait for it, or stop it with `make stop`"
+    )
+    assert "stand-in" not in second.stderr
 
 
 def stoppable_checkout(tmp_path: Path) -> Path:
