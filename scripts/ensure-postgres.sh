@@ -112,7 +112,8 @@ PY
       die "database \"$U_DB\" does not exist on $U_HOST:$U_PORT ($U_SAFE_DB): create it" \
         "($createdb -h $U_HOST -p $U_PORT -U $U_USER $U_DB), or unset DATABASE_URL to use make's own"
     fi
-    die "DATABASE_URL does not answer ($U_SAFE_DB): $err"
+    die "DATABASE_URL does not answer ($U_SAFE_DB): $err;" \
+      "start that server or correct DATABASE_URL, or unset it to use make's own ('make db' says which)"
   fi
   # The server's postgres database, for the tests (they create databases); else the user's.
   if ! q "$U_ADMIN" "select 1" >/dev/null 2>&1; then U_ADMIN=$url; fi

@@ -257,12 +257,14 @@ if [[ -S .run/supervisor.sock ]] && supervisorctl -c supervisord.conf pid >/dev/
 fi
 
 # The psql of the lines to paste: plain `psql` where the caller's shell finds one, else
-# its full path (an ordinary user's psql may live in .tools/bin).
+# its full path (an ordinary user's psql may live in .tools/bin). No pager: a payment's
+# JSON is wider than most terminals, and a newcomer should not land in less.
 PSQL_CMD=psql
 if ! PATH=${PW_CALLER_PATH:-$PATH} command -v psql >/dev/null 2>&1; then
   PSQL_CMD=$(command -v psql)
   PSQL_CMD=$(printf '%q' "$PSQL_CMD")
 fi
+PSQL_CMD+=" -P pager=off"
 
 # What Ctrl-C stops, honestly: the private cluster only if this run started it.
 STOPS="Ctrl-C stops everything"

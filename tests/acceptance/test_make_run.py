@@ -157,7 +157,7 @@ def test_make_run_prints_working_lines_to_create_pay_and_read_and_ctrl_c_stops_e
         assert role_facts(url, "payment_webhook_app") == (False, ["payment_webhook"])
 
         # The printed lines, run as a developer pastes them into a shell.
-        rpc_line = re.search(r"^\s*(psql .*create_payment_intent_sync.*)$", text, re.M)
+        rpc_line = re.search(r"^\s*(psql -P pager=off .*create_payment_intent_sync.*)$", text, re.M)
         watch_line = re.search(r"^\s*(psql .*metadata\.river_job.*)$", text, re.M)
         assert rpc_line and watch_line, text
         safe_url = pg_url(dbname, password=None)

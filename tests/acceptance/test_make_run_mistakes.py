@@ -155,3 +155,7 @@ def test_with_no_server_on_the_port_the_line_names_the_users_database(url: str) 
     named = f"(postgresql://postgres@127.0.0.1:{port}/my_payments): "
     assert line.startswith(f"ensure-postgres.sh: error: DATABASE_URL does not answer {named}")
     assert "/postgres)" not in line
+    assert line.endswith(
+        "start that server or correct DATABASE_URL, or unset it to use make's own"
+        " ('make db' says which)"
+    )

@@ -153,7 +153,9 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
         if os.geteuid() == 0:
             assert "supervisord: as root, and the programs too" in text
         # The printed line names a psql this shell finds: its full path.
-        line = re.search(r"^\s*(\S+ \S+ -c .*create_payment_intent_sync.*)$", text, re.M)
+        line = re.search(
+            r"^\s*(\S+ -P pager=off \S+ -c .*create_payment_intent_sync.*)$", text, re.M
+        )
         assert line, text
         psql_cmd = line.group(1).split()[0]
         assert psql_cmd.startswith("/") and psql_cmd.endswith("/psql"), line.group(1)
@@ -272,7 +274,9 @@ def test_a_private_cluster_is_remembered_stopped_by_ctrl_c_and_by_make_stop(
         port = found.group(1)
         assert "Ctrl-C stops everything, the private PostgreSQL this run started too" in text
         # The lines to paste name the cluster's port, not 5432.
-        line = re.search(r"^\s*(psql \S+ -c .*create_payment_intent_sync.*)$", text, re.M)
+        line = re.search(
+            r"^\s*(psql -P pager=off \S+ -c .*create_payment_intent_sync.*)$", text, re.M
+        )
         assert line and f"@127.0.0.1:{port}/payment_worker" in line.group(1), text
         postmaster = postmaster_pid(private_checkout)
         assert postmaster and pid_alive(postmaster)
