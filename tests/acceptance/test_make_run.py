@@ -162,7 +162,7 @@ def test_make_run_prints_working_lines_to_create_pay_and_read_and_ctrl_c_stops_e
         assert rpc_line and watch_line, text
         safe_url = pg_url(dbname, password=None)
         assert rpc_line.group(1) == (
-            f'psql "{safe_url}" -c '
+            f'psql -P pager=off "{safe_url}" -c '
             "\"SELECT create_payment_intent_sync(2500, 'Test payment \\$25.00');\""
         )
         shell_env = {**base_env(), "PATH": f"{Path(psql_bin()).parent}:{base_env()['PATH']}"}
