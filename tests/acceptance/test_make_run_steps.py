@@ -143,9 +143,9 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
     second_env = {**env, "WEBHOOK_PORT": str(free_port()), "METRICS_PORT": str(free_port())}
     try:
         # Twice, while the first still deploys: refused at once, before anything starts.
-        wait_until(lambda: lock.exists() and lock.read_text().strip().isdigit(), 60, first.output)
+        holder = wait_until(lambda: run_lock_holder(lock), 60, first.output)
         assert "worker started" not in first.output()
-        refused_early(make("run", second_env, checkout), int(lock.read_text()))
+        refused_early(make("run", second_env, checkout), holder)
 
         text = first.wait_for('"msg": "worker started"')
         assert "Try it" in text
@@ -184,6 +184,17 @@ def test_keyword_url_and_no_psql_on_path_then_make_run_twice_then_make_stop(
         assert make("stop", env, checkout).stdout == "nothing of this checkout was running\n"
     finally:
         first.kill()
+
+
+def run_lock_holder(lock: Path) -> int | None:
+    """The pid in `lock` if it is a live scripts/run.sh (which writes it once it holds the
+    lock); an earlier run's pid, left in the file, is not."""
+    try:
+        pid = int(lock.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"scripts/run.sh" in cmdline and pid_alive(pid) else None
 
 
 def refused_early(second: subprocess.CompletedProcess[str], holder: int) -> None:
