@@ -124,37 +124,40 @@ class _IntentOperation:
             if refused is not None:
                 return refused
         token, intent = self._ask(op, intent_id, context)
-        if intent.client_secret is None and secret is not None:
-            # The payment adopts the intent obtained for it: with its secret.
-            intent = replace(intent, client_secret=secret)
+        intent = _adopting(intent, secret)
         if intent.request_id is not None:
             context["stripe_request_id"] = intent.request_id
         finished = self._store.job_operation_finish(job, token, intent)
         if finished.operation_status == "mismatch":
             # The payment holds another intent (this one canceled in vain): the job
             # stays ours, and the next attempt works on the stored one.
-            raise jobs.JobFailure(
-                f"payment {op.payment_id} holds another PaymentIntent than {intent_id}; "
-                "retried on the stored one",
-                permanent=False,
-                context=context,
-            )
+            raise _mismatch(op, intent_id, context)
         if finished.completed:
-            log.info(
-                "%s %s",
-                self.operation,
-                finished.operation_status,
-                extra={
-                    **context,
-                    "job_id": job.id,
-                    "provider_status": intent.status,
-                    "from_status": finished.old_status,
-                    "status": finished.new_status,
-                    "reason": finished.reason,
-                },
-            )
+            self._log(str(finished.operation_status), job, intent, finished, context)
         # Written and completed already, in one transaction: the core only reports it.
         return jobs.Done(complete=lambda _job: finished.completed, context=context)
+
+    def _log(
+        self,
+        what: str,
+        job: Job,
+        intent: ObservedIntent,
+        result: OperationResult,
+        context: dict[str, str | None],
+    ) -> None:
+        log.info(
+            "%s %s",
+            self.operation,
+            what,
+            extra={
+                **context,
+                "job_id": job.id,
+                "provider_status": intent.status,
+                "from_status": result.old_status,
+                "status": result.new_status,
+                "reason": result.reason,
+            },
+        )
 
     def _target(
         self, op: OperationJob, job: Job, context: dict[str, str | None]
@@ -185,21 +188,11 @@ class _IntentOperation:
         as Stripe has it now, shown to the database, which decides whether the call may
         go on (None) or refuses the request (failed and completed: Stripe is not asked).
         The customer may have paid since the request was recorded."""
-        token = self._store.observation_token()
-        try:
-            current = self._gateway.retrieve_payment_intent(intent_id)
-        except StripeFailure as exc:
-            raise failure(exc, context) from exc
-        if current.client_secret is None and secret is not None:
-            current = replace(current, client_secret=secret)
+        token, current = self._current(intent_id, context)
+        current = _adopting(current, secret)
         checked = self._store.job_operation_check(job, token, current)
         if checked.operation_status == "mismatch":
-            raise jobs.JobFailure(
-                f"payment {op.payment_id} holds another PaymentIntent than {intent_id}; "
-                "retried on the stored one",
-                permanent=False,
-                context=context,
-            )
+            raise _mismatch(op, intent_id, context)
         if not checked.completed:
             if checked.operation_status == "requested":
                 return None  # unpaid: the call goes on
@@ -207,18 +200,7 @@ class _IntentOperation:
                 # Answered already (another attempt finished it): never twice.
                 return jobs.Done(context=context)
         else:
-            log.info(
-                "%s refused before Stripe was asked",
-                self.operation,
-                extra={
-                    **context,
-                    "job_id": job.id,
-                    "provider_status": current.status,
-                    "from_status": checked.old_status,
-                    "status": checked.new_status,
-                    "reason": checked.reason,
-                },
-            )
+            self._log("refused before Stripe was asked", job, current, checked, context)
         # Refused, failed and completed in one transaction (or no longer ours): reported only.
         return jobs.Done(complete=lambda _job: checked.completed, context=context)
 
@@ -236,14 +218,20 @@ class _IntentOperation:
                 if not exc.replayed_server_error:
                     return self._after_refusal(exc, intent_id, context)
                 last = exc
-            token = self._store.observation_token()
-            try:
-                current = self._gateway.retrieve_payment_intent(intent_id)
-            except StripeFailure as retrieve_exc:
-                raise failure(retrieve_exc, context) from retrieve_exc
+            token, current = self._current(intent_id, context)
             if current.status == self.done_status:
                 return token, current
         raise failure(last, context) from last
+
+    def _current(
+        self, intent_id: str, context: dict[str, str | None]
+    ) -> tuple[datetime, ObservedIntent]:
+        """The intent as Stripe has it now, with the token taken before asking."""
+        token = self._store.observation_token()
+        try:
+            return token, self._gateway.retrieve_payment_intent(intent_id)
+        except StripeFailure as exc:
+            raise failure(exc, context) from exc
 
     def _after_refusal(
         self, exc: StripeFailure, intent_id: str, context: dict[str, str | None]
@@ -255,14 +243,27 @@ class _IntentOperation:
         so an intent Stripe moved on (an expired authorisation) reaches the payment."""
         if not exc.permanent:
             raise failure(exc, context) from exc
-        token = self._store.observation_token()
-        try:
-            current = self._gateway.retrieve_payment_intent(intent_id)
-        except StripeFailure as retrieve_exc:
-            raise failure(retrieve_exc, context) from retrieve_exc
+        token, current = self._current(intent_id, context)
         if current.status == self.done_status:
             return token, current
         raise failure(exc, context) from exc
+
+
+def _adopting(intent: ObservedIntent, secret: str | None) -> ObservedIntent:
+    """The intent with the client secret this attempt obtained it with (Stripe's later
+    answers carry none): the payment adopts the intent with its secret."""
+    if intent.client_secret is None and secret is not None:
+        return replace(intent, client_secret=secret)
+    return intent
+
+
+def _mismatch(op: OperationJob, intent_id: str, context: dict[str, str | None]) -> jobs.JobFailure:
+    return jobs.JobFailure(
+        f"payment {op.payment_id} holds another PaymentIntent than {intent_id}; "
+        "retried on the stored one",
+        permanent=False,
+        context=context,
+    )
 
 
 class CapturePayment(_IntentOperation):
